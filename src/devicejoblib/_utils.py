@@ -1,0 +1,48 @@
+"""Small helpers shared by several modules: byte sizes and warnings aimed at user code."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import warnings
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
+_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_bytes(value, name="size"):
+    """Bytes from an int or a string such as ``"512M"``, ``"16GiB"`` or ``"2GB"``.
+
+    ``K``, ``M``, ``G``, ``T`` alone or with ``iB`` are powers of 1024 (as joblib's
+    ``max_nbytes``); with ``B`` alone (``"2GB"``) they are powers of 1000.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"Invalid {name} {value!r}: expected a positive number of bytes "
+                         "or a string such as '512M', '16GiB' or '2GB'")
+    number, prefix, binary, byte = match.groups()
+    base = 1000 if byte and not binary and prefix else 1024
+    return int(float(number) * base ** _POWERS[prefix.lower()])
+
+
+def format_bytes(n):
+    """``n`` bytes as a short human-readable string (``"16.0 GiB"``); ``"-"`` for None."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def warn_user(message, category):
+    """Warn with the first frame outside devicejoblib as the warning's location."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

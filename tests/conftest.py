@@ -1,0 +1,76 @@
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+from pathlib import Path
+
+import pytest
+
+import devicejoblib
+from devicejoblib import simulate_gpus
+
+TESTS_DIR = Path(__file__).parent
+_ENV_KNOBS = ("DEVICEJOBLIB_SIMULATE_GPUS", "DEVICEJOBLIB_SIMULATED_MEMORY",
+              "CUDA_VISIBLE_DEVICES", "NUMBA_ENABLE_CUDASIM")
+
+
+def _has_real_gpu():
+    with simulate_gpus(0), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return any(d.is_gpu and not d.simulated for d in devicejoblib.devices())
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_real_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none usable on this machine)")
+    for item in items:
+        if item.get_closest_marker("gpu") or item.get_closest_marker("multi_gpu"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Fail a test that leaves worker threads, child processes or simulation behind."""
+    threads = set(threading.enumerate())
+    children = set(multiprocessing.active_children())
+    yield
+    assert simulate_gpus._active is None, "simulate_gpus() was left on: use it with `with`"
+    stray = [t for t in set(threading.enumerate()) - threads
+             if t.name.startswith("devicejoblib") or not t.daemon]
+    assert not stray, f"threads left running: {stray}"
+    new_children = [p for p in set(multiprocessing.active_children()) - children
+                    if "Loky" not in type(p).__name__]
+    assert not new_children, f"child processes left running: {new_children}"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """Each test starts from the documented defaults of devicejoblib's settings."""
+    for name in _ENV_KNOBS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def run_python():
+    """Run Python code in a fresh interpreter, optionally with modules made unimportable.
+
+    Returns the CompletedProcess; ``json_out=True`` parses stdout as JSON instead.
+    """
+
+    def run(code, block=(), env=None, json_out=False, check=True):
+        preamble = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in block)
+        full_env = {**os.environ, **(env or {})}
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            [str(TESTS_DIR), *filter(None, [full_env.get("PYTHONPATH")])])
+        proc = subprocess.run([sys.executable, "-c", preamble + textwrap.dedent(code)],
+                              capture_output=True, text=True, env=full_env, timeout=120)
+        if check:
+            assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout) if json_out else proc
+
+    return run

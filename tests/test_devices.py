@@ -1,0 +1,164 @@
+import warnings
+
+import pytest
+
+import devicejoblib
+from devicejoblib import (
+    DEVICE_KINDS,
+    MAX_SIMULATED_GPUS,
+    Device,
+    DeviceDiscoveryWarning,
+    DeviceUnavailableError,
+    InvalidDeviceError,
+    cpu_count,
+    devices,
+    parse_devices,
+    simulate_gpus,
+)
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    monkeypatch.setenv("DEVICEJOBLIB_SIMULATE_GPUS", "2")
+    return devices()
+
+
+@pytest.fixture
+def no_gpu():
+    with simulate_gpus(0), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeviceDiscoveryWarning)
+        found = devices()
+        if any(d.is_gpu for d in found):
+            pytest.skip("this machine has a real GPU")
+        yield found
+
+
+def test_cpu_device_comes_first_with_joblibs_core_count():
+    cpu = devices()[0]
+    assert cpu.id == "cpu" and cpu.kind == "cpu" and cpu.index is None
+    assert cpu.cores == cpu_count()
+    assert not cpu.simulated and not cpu.is_gpu
+
+
+def test_simulated_gpus_from_the_environment(two_gpus):
+    gpus = [d for d in two_gpus if d.is_gpu]
+    assert [d.id for d in gpus] == ["cuda:0", "cuda:1"]
+    assert all(d.simulated and d.provider == "simulator" for d in gpus)
+    assert all(d.memory_total == d.memory_free == 16 * 2**30 for d in gpus)
+    assert str(gpus[1]) == "cuda:1 (simulated)"
+
+
+@pytest.mark.parametrize("memory, expected", [
+    ("8GiB", 8 * 2**30), ("512M", 512 * 2**20), ("2GB", 2 * 10**9), ("1048576", 2**20),
+])
+def test_simulated_memory_is_configurable(monkeypatch, memory, expected):
+    monkeypatch.setenv("DEVICEJOBLIB_SIMULATE_GPUS", "1")
+    monkeypatch.setenv("DEVICEJOBLIB_SIMULATED_MEMORY", memory)
+    assert devices()[1].memory_total == expected
+
+
+def test_simulate_gpus_overrides_the_environment_and_restores(monkeypatch):
+    monkeypatch.setenv("DEVICEJOBLIB_SIMULATE_GPUS", "1")
+    with simulate_gpus(3, memory="1GiB"):
+        inner = devices()
+        with simulate_gpus(0):
+            assert not any(d.simulated for d in devices())
+        assert devices() == inner
+    assert [d.id for d in inner] == ["cpu", "cuda:0", "cuda:1", "cuda:2"]
+    assert inner[3].memory_total == 2**30
+    assert [d.id for d in devices()] == ["cpu", "cuda:0"]
+
+
+def test_discovery_is_cached_until_refresh(two_gpus):
+    assert devices() is two_gpus
+    assert devices(refresh=True) == two_gpus
+
+
+@pytest.mark.parametrize("value", ["two", "-1", "1.5", str(MAX_SIMULATED_GPUS + 1), "2 gpus"])
+def test_bad_simulate_gpus_env_names_value_and_range(monkeypatch, value):
+    monkeypatch.setenv("DEVICEJOBLIB_SIMULATE_GPUS", value)
+    with pytest.raises(ValueError, match="DEVICEJOBLIB_SIMULATE_GPUS") as info:
+        devices()
+    assert repr(value) in str(info.value)
+    assert f"from 0 (off) to {MAX_SIMULATED_GPUS}" in str(info.value)
+
+
+@pytest.mark.parametrize("n", [-1, 2.5, "x", True, None])
+def test_bad_simulate_gpus_argument(n):
+    with pytest.raises(ValueError, match=r"simulate_gpus\(n\)"):
+        simulate_gpus(n)
+
+
+@pytest.mark.parametrize("memory", ["lots", "0", "-3G", "12 parsecs"])
+def test_bad_simulated_memory(monkeypatch, memory):
+    monkeypatch.setenv("DEVICEJOBLIB_SIMULATE_GPUS", "1")
+    monkeypatch.setenv("DEVICEJOBLIB_SIMULATED_MEMORY", memory)
+    with pytest.raises(ValueError, match="DEVICEJOBLIB_SIMULATED_MEMORY") as info:
+        devices()
+    assert repr(memory) in str(info.value) and "'16GiB'" in str(info.value)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    (None, ["cpu", "cuda:0", "cuda:1"]),
+    ("cpu", ["cpu"]),
+    ("cuda", ["cuda:0", "cuda:1"]),
+    ("GPU", ["cuda:0", "cuda:1"]),
+    (" cuda:1 ", ["cuda:1"]),
+    ("gpu:0", ["cuda:0"]),
+    (1, ["cuda:1"]),
+    (["cuda:1", "cpu", 1, "cuda"], ["cuda:1", "cpu", "cuda:0"]),
+    (("cpu:0",), ["cpu"]),
+])
+def test_parse_devices(two_gpus, spec, expected):
+    assert [d.id for d in parse_devices(spec)] == expected
+
+
+def test_parse_devices_accepts_device_objects(two_gpus):
+    assert parse_devices(two_gpus[2]) == (two_gpus[2],)
+
+
+@pytest.mark.parametrize("spec", ["tpu", "cuda:x", "cuda:-1", "cpu:1", "", 2.0, True, [],
+                                  ["cpu", None], "cuda:2", 7])
+def test_bad_device_spec_names_it_and_what_this_machine_has(two_gpus, spec):
+    with pytest.raises(InvalidDeviceError) as info:
+        parse_devices(spec)
+    message = str(info.value)
+    assert "this machine has cpu, cuda:0 (simulated), cuda:1 (simulated)" in message
+    assert repr(spec if not isinstance(spec, list) or not spec else spec[-1]) in message
+
+
+def test_malformed_spec_lists_the_registered_spellings(two_gpus):
+    with pytest.raises(InvalidDeviceError) as info:
+        parse_devices("tpu")
+    for spellings in DEVICE_KINDS.values():
+        for spelling in spellings:
+            assert repr(spelling) in str(info.value)
+
+
+@pytest.mark.parametrize("spec", ["cuda", "gpu", "cuda:0", 0])
+def test_asking_for_a_gpu_without_one_raises(no_gpu, spec):
+    with pytest.raises(DeviceUnavailableError, match="this machine has cpu") as info:
+        parse_devices(spec)
+    assert "DEVICEJOBLIB_SIMULATE_GPUS" in str(info.value)
+
+
+def test_cuda_visible_devices_empty_hides_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [d.id for d in devices()] == ["cpu"]
+    with pytest.raises(DeviceUnavailableError, match="CUDA_VISIBLE_DEVICES=''"):
+        parse_devices("cuda")
+
+
+def test_device_to_dict_is_json_ready(two_gpus):
+    import json
+
+    as_dict = json.loads(json.dumps(two_gpus[1].to_dict()))
+    assert as_dict["id"] == "cuda:0" and as_dict["simulated"] is True
+    assert Device(**{k: v for k, v in as_dict.items() if k != "id"}) == two_gpus[1]
+
+
+def test_public_names_are_exported():
+    for name in devicejoblib.__all__:
+        assert hasattr(devicejoblib, name), name
