@@ -7,6 +7,7 @@ touches no CUDA driver; :func:`devices` discovers the CPU, CUDA GPUs and simulat
 when asked.
 """
 
+from ._context import array_module, current_device
 from ._devices import (
     DEVICE_KINDS,
     MAX_SIMULATED_GPUS,
@@ -23,8 +24,32 @@ from ._errors import (
     InvalidDeviceError,
     JoblibMissingWarning,
 )
+from ._kernels import Kernel, kernel
 from ._safe_import import USE_JOBLIB, Parallel, cpu_count, delayed, parallel_config
 from ._version import __version__
+
+_LAZY = {"DeviceBackend": "._backend", "SimulatedDeviceArray": "._arrays"}
+
+
+def __getattr__(name):
+    # NumPy and joblib's backend machinery load only when these names are used.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _make_device_backend(**kwargs):
+    from ._backend import DeviceBackend
+
+    return DeviceBackend(**kwargs)
+
+
+if USE_JOBLIB:
+    from joblib import register_parallel_backend
+
+    register_parallel_backend("device", _make_device_backend)
 
 __all__ = [
     "DEVICE_KINDS",
@@ -33,15 +58,21 @@ __all__ = [
     "SIMULATE_GPUS_ENV",
     "USE_JOBLIB",
     "Device",
+    "DeviceBackend",
     "DeviceDiscoveryWarning",
     "DeviceUnavailableError",
     "InvalidDeviceError",
     "JoblibMissingWarning",
+    "Kernel",
     "Parallel",
+    "SimulatedDeviceArray",
     "__version__",
+    "array_module",
     "cpu_count",
+    "current_device",
     "delayed",
     "devices",
+    "kernel",
     "parallel_config",
     "parse_devices",
     "simulate_gpus",

@@ -1,0 +1,64 @@
+"""Moving call arguments to a GPU and results back, for real and simulated GPUs."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+
+class SimulatedDeviceArray(np.ndarray):
+    """A NumPy array that a simulated GPU kept "on device" (``keep_on_device=True``).
+
+    It stands for a CuPy array on a real GPU: passing it to a later call sends that call
+    to the same simulated GPU (data affinity). ``.device_id`` names the device.
+    """
+
+    device_id = None
+
+    def __array_finalize__(self, obj):
+        self.device_id = getattr(obj, "device_id", None)
+
+    def get(self):
+        """A plain NumPy copy, as ``cupy.ndarray.get()`` gives."""
+        return np.array(self)
+
+
+def device_id_of(value):
+    """``"cuda:k"`` when ``value`` is an array living on GPU k, else None."""
+    if isinstance(value, SimulatedDeviceArray):
+        return value.device_id
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(value, cupy.ndarray):
+        return f"cuda:{value.device.id}"
+    return None
+
+
+def to_device(args, kwargs, device):
+    """Arguments for a call on ``device``: NumPy arrays become CuPy arrays on a real GPU."""
+    if device.simulated:
+        return args, kwargs
+    import cupy
+
+    def move(value):
+        return cupy.asarray(value) if isinstance(value, np.ndarray) else value
+
+    return tuple(map(move, args)), {k: move(v) for k, v in kwargs.items()}
+
+
+def to_host(result, device, keep_on_device):
+    """A call's result as the caller receives it: NumPy, unless kept on the device."""
+    if isinstance(result, tuple):
+        return tuple(to_host(r, device, keep_on_device) for r in result)
+    if isinstance(result, list):
+        return [to_host(r, device, keep_on_device) for r in result]
+    if device.simulated:
+        if keep_on_device and isinstance(result, np.ndarray):
+            kept = result.view(SimulatedDeviceArray)
+            kept.device_id = device.id
+            return kept
+        return result
+    cupy = sys.modules.get("cupy")
+    if not keep_on_device and cupy is not None and isinstance(result, cupy.ndarray):
+        return result.get()
+    return result

@@ -1,0 +1,123 @@
+"""``@kernel``: a function with per-device implementations (CPU, CUDA)."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+from ._context import binding
+from ._errors import DeviceUnavailableError
+
+
+def kernel(function=None, *, nogil=False, gpu_only=False, portable=False):
+    """Make ``function`` a kernel: a callable with a CPU and a GPU implementation.
+
+    Parameters
+    ----------
+    function : callable
+        The CPU implementation (the GPU one when ``gpu_only=True``).
+    nogil : bool
+        The CPU implementation releases the GIL (Numba ``nogil``, NumPy-heavy code): its
+        CPU calls go to threads rather than processes.
+    gpu_only : bool
+        There is no CPU implementation: ``function`` is the GPU one.
+    portable : bool
+        ``function`` is written against :func:`devicejoblib.array_module` and serves as
+        both implementations.
+
+    Examples
+    --------
+    >>> @kernel
+    ... def norm(x):
+    ...     return float((x * x).sum()) ** 0.5
+    >>> @norm.cuda
+    ... def _(x):
+    ...     import cupy
+    ...     return float(cupy.sqrt((x * x).sum()))
+    """
+    if function is None:
+        return functools.partial(kernel, nogil=nogil, gpu_only=gpu_only, portable=portable)
+    cuda = function if gpu_only or portable else None
+    return Kernel(None if gpu_only else function, cuda, nogil=nogil, wraps=function)
+
+
+class Kernel:
+    """A callable with per-device implementations; made by :func:`kernel`.
+
+    Called directly it runs its CPU implementation. Under ``Parallel`` with the
+    ``"device"`` backend each call runs where routing sends it; on a GPU worker the
+    GPU implementation receives its NumPy array arguments as arrays of that device
+    and its results come back as NumPy arrays.
+    """
+
+    def __init__(self, cpu, cuda=None, *, nogil=False, placement=None, wraps=None):
+        self._cpu = cpu
+        self._cuda = cuda
+        self.nogil = nogil
+        self.placement = placement
+        functools.update_wrapper(self, wraps or cpu or cuda)
+
+    @property
+    def has_cpu(self):
+        return self._cpu is not None
+
+    @property
+    def has_gpu(self):
+        return self._cuda is not None
+
+    def cuda(self, function):
+        """Decorator: register ``function`` as the GPU implementation; returns the kernel."""
+        self._cuda = function
+        return self
+
+    def on(self, device):
+        """This kernel pinned to ``device`` (``"cpu"``, ``"cuda:1"``, ``"gpu"``, a list...).
+
+        The pin wins over every other routing rule; a device this machine lacks is an
+        error when the call is dispatched.
+        """
+        placed = Kernel(self._cpu, self._cuda, nogil=self.nogil, placement=device,
+                        wraps=self.__wrapped__)
+        placed._base = self
+        return placed
+
+    def __call__(self, *args, **kwargs):
+        bound = binding()
+        if bound is None or self._cuda is None:
+            if self._cpu is None:
+                raise DeviceUnavailableError(
+                    f"kernel {self.__name__!r} has only a GPU implementation: run it through "
+                    "Parallel with the 'device' backend on a GPU (real or simulated)")
+            return self._cpu(*args, **kwargs)
+        from ._arrays import to_device, to_host
+
+        args, kwargs = to_device(args, kwargs, bound.device)
+        return to_host(self._cuda(*args, **kwargs), bound.device, bound.keep_on_device)
+
+    def __repr__(self):
+        where = f" on {self.placement!r}" if self.placement is not None else ""
+        impls = "+".join(n for n, f in (("cpu", self._cpu), ("cuda", self._cuda)) if f)
+        return f"<kernel {self.__qualname__} ({impls}){where}>"
+
+    def __reduce__(self):
+        base = getattr(self, "_base", None)
+        if base is not None:
+            return _placed_kernel, (base, self.placement)
+        try:
+            if _lookup(self.__module__, self.__qualname__) is self:
+                return _lookup, (self.__module__, self.__qualname__)
+        except (ImportError, AttributeError):
+            pass
+        return Kernel, (self._cpu, self._cuda), {"nogil": self.nogil}
+
+
+def _lookup(module, qualname):
+    """The object named ``qualname`` in ``module`` (how kernels travel to processes)."""
+    target = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _placed_kernel(base, placement):
+    return base.on(placement)
