@@ -71,7 +71,8 @@ def test_simulate_gpus_overrides_the_environment_and_restores(monkeypatch):
 
 def test_discovery_is_cached_until_refresh(two_gpus):
     assert devices() is two_gpus
-    assert devices(refresh=True) == two_gpus
+    fresh = devices(refresh=True)
+    assert fresh is not two_gpus and [d.id for d in fresh] == [d.id for d in two_gpus]
 
 
 @pytest.mark.parametrize("value", ["two", "-1", "1.5", str(MAX_SIMULATED_GPUS + 1), "2 gpus"])

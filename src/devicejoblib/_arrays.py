@@ -53,11 +53,13 @@ def to_host(result, device, keep_on_device):
     if isinstance(result, list):
         return [to_host(r, device, keep_on_device) for r in result]
     if device.simulated:
-        if keep_on_device and isinstance(result, np.ndarray):
-            kept = result.view(SimulatedDeviceArray)
-            kept.device_id = device.id
-            return kept
-        return result
+        if not isinstance(result, np.ndarray):
+            return result
+        if not keep_on_device:
+            return result.view(np.ndarray)
+        kept = result.view(SimulatedDeviceArray)
+        kept.device_id = device.id
+        return kept
     cupy = sys.modules.get("cupy")
     if not keep_on_device and cupy is not None and isinstance(result, cupy.ndarray):
         return result.get()

@@ -17,6 +17,7 @@ from joblib._parallel_backends import (
 )
 from joblib.parallel import BatchedCalls, get_active_backend
 
+from ._arrays import to_host
 from ._devices import parse_devices
 from ._kernels import Kernel
 from ._routing import Router
@@ -47,6 +48,9 @@ class DeviceBackend(ParallelBackendBase):
     """
 
     supports_retrieve_callback = True
+    # GPU workers are threads of this process, and require="sharedmem" sends CPU calls
+    # to threads too: every call then shares the caller's memory.
+    supports_sharedmem = True
     default_n_jobs = 1
 
     def __init__(self, devices=None, placement=None, cpu_backend="loky", n_cpu_jobs=None,
@@ -76,9 +80,6 @@ class DeviceBackend(ParallelBackendBase):
     def uses_threads(self):
         return self.cpu_backend == "threading"
 
-    @property
-    def supports_sharedmem(self):
-        return self.cpu_backend == "threading"
 
     # --- joblib's contract -----------------------------------------------------------
 
@@ -206,7 +207,7 @@ class DeviceBackend(ParallelBackendBase):
         worker = self.workers.get(target)
         if worker is not None:
             outcome = Future()
-            task = _GPUTask(batch, worker.device)
+            task = _GPUTask(batch, worker.device, self.keep_on_device)
 
             def done(result, error, seconds):
                 _settle(outcome, result, error)
@@ -255,11 +256,13 @@ class DeviceBackend(ParallelBackendBase):
 
 class _GPUTask:
     """A batch's calls as a GPU worker runs them: in order, under joblib's nested config,
-    each error annotated with the device and the call that raised it."""
+    results copied to the host (unless kept on the device), each error annotated with
+    the device and the call that raised it."""
 
-    def __init__(self, batch, device):
+    def __init__(self, batch, device, keep_on_device):
         self.batch = batch
         self.device = device
+        self.keep_on_device = keep_on_device
 
     def __call__(self):
         batch = self.batch
@@ -267,11 +270,12 @@ class _GPUTask:
             results = []
             for function, args, kwargs in batch.items:
                 try:
-                    results.append(function(*args, **kwargs))
+                    result = function(*args, **kwargs)
                 except BaseException as exc:
                     _add_note(exc, f"raised by {_describe(function, args, kwargs)} "
                                    f"on {self.device}")
                     raise
+                results.append(to_host(result, self.device, self.keep_on_device))
             return results
 
 

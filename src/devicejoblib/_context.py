@@ -34,9 +34,9 @@ def current_device():
     bound = binding()
     if bound is not None:
         return bound.device
-    from ._devices import devices
+    from ._devices import cpu_device
 
-    return devices()[0]
+    return cpu_device()
 
 
 def array_module():

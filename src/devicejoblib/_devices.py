@@ -9,6 +9,7 @@ CUDA driver can be loaded.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import os
 import re
@@ -164,6 +165,8 @@ def discover(refresh=False):
     key = (_simulation(), os.environ.get("CUDA_VISIBLE_DEVICES"))
     with _cache_lock:
         if refresh or key not in _cache:
+            if refresh:
+                cpu_device.cache_clear()
             _cache[key] = _discover(*key[0])
         return _cache[key]
 
@@ -241,7 +244,7 @@ def _machine_has(available):
 # --- discovery ---------------------------------------------------------------------
 
 def _discover(n_simulated, simulated_memory):
-    cpu = _cpu_device()
+    cpu = cpu_device()
     if n_simulated:
         gpus = tuple(Device("cuda", i, name="simulated GPU", memory_total=simulated_memory,
                             memory_free=simulated_memory, multiprocessor_count=cpu.cores,
@@ -254,7 +257,9 @@ def _discover(n_simulated, simulated_memory):
     return Discovery((cpu, *gpus), tuple(notes), versions)
 
 
-def _cpu_device():
+@functools.cache
+def cpu_device():
+    """The CPU device alone, without probing CUDA (cached; memory read once)."""
     page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
     total = _sysconf("SC_PHYS_PAGES") * page if page else None
     free = _sysconf("SC_AVPHYS_PAGES") * page if page else None

@@ -46,8 +46,7 @@ class Kernel:
 
     Called directly it runs its CPU implementation. Under ``Parallel`` with the
     ``"device"`` backend each call runs where routing sends it; on a GPU worker the
-    GPU implementation receives its NumPy array arguments as arrays of that device
-    and its results come back as NumPy arrays.
+    GPU implementation receives its NumPy array arguments as arrays of that device.
     """
 
     def __init__(self, cpu, cuda=None, *, nogil=False, placement=None, wraps=None):
@@ -89,10 +88,10 @@ class Kernel:
                     f"kernel {self.__name__!r} has only a GPU implementation: run it through "
                     "Parallel with the 'device' backend on a GPU (real or simulated)")
             return self._cpu(*args, **kwargs)
-        from ._arrays import to_device, to_host
+        from ._arrays import to_device
 
         args, kwargs = to_device(args, kwargs, bound.device)
-        return to_host(self._cuda(*args, **kwargs), bound.device, bound.keep_on_device)
+        return self._cuda(*args, **kwargs)
 
     def __repr__(self):
         where = f" on {self.placement!r}" if self.placement is not None else ""

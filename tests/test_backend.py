@@ -1,0 +1,250 @@
+"""The "device" backend through joblib's public API, on simulated GPUs."""
+
+import multiprocessing
+import os
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import devicejoblib
+from device_kernels import (
+    cpu_only,
+    fails_on,
+    gpu_only,
+    locate,
+    locate_nogil,
+    norms,
+    plain_add,
+    plain_where,
+    scale,
+)
+from devicejoblib import (
+    DeviceBackend,
+    DeviceUnavailableError,
+    Parallel,
+    SimulatedDeviceArray,
+    delayed,
+    parallel_config,
+    simulate_gpus,
+)
+
+pytestmark = pytest.mark.skipif(not devicejoblib.USE_JOBLIB, reason="needs joblib")
+
+
+@pytest.fixture(autouse=True)
+def two_simulated_gpus():
+    with simulate_gpus(2):
+        yield
+
+
+def test_registered_with_joblib():
+    from joblib.parallel import BACKENDS
+
+    assert "device" in BACKENDS
+
+
+def test_gpu_workers_see_their_own_device_and_load_spreads():
+    out = Parallel(n_jobs=2, backend="device")(delayed(locate)(i) for i in range(40))
+    assert [tag for tag, *_ in out] == list(range(40))
+    for _, device, pid, thread in out:
+        assert thread == f"devicejoblib-{device}" and pid == os.getpid()
+    assert {device for _, device, _, _ in out} == {"cuda:0", "cuda:1"}
+
+
+def test_cpu_calls_run_in_loky_processes():
+    out = Parallel(n_jobs=2, backend="device")(delayed(plain_where)(i) for i in range(8))
+    assert {device for _, device, _, _ in out} == {"cpu"}
+    assert os.getpid() not in {pid for _, _, pid, _ in out}
+
+
+@pytest.mark.parametrize("how", [
+    {"function": locate_nogil},
+    {"function": plain_where, "prefer": "threads"},
+    {"function": plain_where, "require": "sharedmem"},
+    {"function": plain_where, "cpu_backend": "threading"},
+])
+def test_cpu_calls_run_in_threads_when_asked_or_nogil(how):
+    function = how.pop("function")
+    backend_args = {k: how.pop(k) for k in list(how) if k == "cpu_backend"}
+    backend = DeviceBackend(placement="cpu", **backend_args)
+    out = Parallel(n_jobs=2, backend=backend, **how)(delayed(function)(i) for i in range(6))
+    assert {pid for _, _, pid, _ in out} == {os.getpid()}
+    assert all(thread.startswith("devicejoblib-cpu") for *_, thread in out)
+
+
+def test_explicit_placement_through_parallel():
+    calls = [delayed(locate.on("cuda:1"))(0), delayed(locate.on("cpu"))(1),
+             delayed(locate)(2)]
+    out = Parallel(n_jobs=2, backend="device")(calls)
+    assert [device for _, device, _, _ in out][:2] == ["cuda:1", "cpu"]
+    assert out[2][1].startswith("cuda:")
+
+
+def test_results_come_back_as_numpy_or_stay_on_device():
+    x = np.arange(6.0).reshape(2, 3)
+    out = Parallel(n_jobs=2, backend="device")(delayed(norms)(x) for _ in range(3))
+    assert all(type(r) is np.ndarray for r in out)
+    np.testing.assert_allclose(out[0], np.sqrt((x**2).sum(axis=1)))
+    kept = Parallel(n_jobs=2, backend=DeviceBackend(keep_on_device=True))(
+        delayed(scale)(x) for _ in range(4))
+    assert all(isinstance(r, SimulatedDeviceArray) for r in kept)
+    # data affinity end to end: a kept array sends the next call to its device
+    follow = Parallel(n_jobs=2, backend="device")(delayed(plain_where)(r) for r in kept)
+    assert [device for _, device, _, _ in follow] == [r.device_id for r in kept]
+    assert {r.device_id for r in kept} == {"cuda:0", "cuda:1"}
+    # plain functions' results come back to the host too
+    summed = Parallel(n_jobs=2, backend="device")(delayed(plain_add)(r, 1) for r in kept)
+    assert all(type(r) is np.ndarray for r in summed)
+
+
+mixed_calls = st.lists(st.tuples(st.sampled_from(["gpu", "cpu", "cpu-only", "pinned"]),
+                                 st.integers(-1000, 1000)), max_size=40)
+FUNCTIONS = {"gpu": scale, "cpu": abs, "cpu-only": cpu_only, "pinned": scale.on("cuda:1")}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calls=mixed_calls, return_as=st.sampled_from(["list", "generator",
+                                                      "generator_unordered"]),
+       batch_size=st.sampled_from(["auto", 1, 3, 16]))
+def test_results_equal_sequential_in_order(calls, return_as, batch_size):
+    expected = [FUNCTIONS[kind](x) for kind, x in calls]
+    backend = DeviceBackend(cpu_backend="threading")
+    out = list(Parallel(n_jobs=2, backend=backend, return_as=return_as,
+                        batch_size=batch_size)(delayed(FUNCTIONS[k])(x) for k, x in calls))
+    if return_as == "generator_unordered":
+        out, expected = sorted(out), sorted(expected)
+    assert out == expected
+
+
+@pytest.mark.parametrize("return_as", ["list", "generator", "generator_unordered"])
+def test_mixed_stream_with_loky(return_as):
+    calls = [(scale, i) if i % 3 else (cpu_only, i) for i in range(30)]
+    out = Parallel(n_jobs=2, backend="device", return_as=return_as)(
+        delayed(f)(x) for f, x in calls)
+    expected = [f(x) for f, x in calls]
+    out = list(out)
+    assert (sorted(out) if return_as == "generator_unordered" else out) == sorted(
+        expected) if return_as == "generator_unordered" else expected
+
+
+def test_existing_joblib_code_runs_unchanged():
+    from math import sqrt
+
+    with parallel_config(backend="device"):
+        out = Parallel(n_jobs=2)(delayed(sqrt)(i**2) for i in range(10))
+    assert out == Parallel(n_jobs=2, backend="loky")(delayed(sqrt)(i**2) for i in range(10))
+
+
+def test_gpu_error_keeps_type_and_names_device_and_call():
+    with pytest.raises(ValueError, match="bad input 3") as info:
+        Parallel(n_jobs=2, backend="device")(delayed(fails_on)(i, 3) for i in range(6))
+    notes = " ".join(getattr(info.value, "__notes__", []))
+    assert "fails_on(3, 3)" in notes and "cuda:" in notes
+
+
+def test_cpu_error_keeps_type():
+    with pytest.raises(ValueError, match="bad input 2"):
+        Parallel(n_jobs=2, backend=DeviceBackend(placement="cpu"))(
+            delayed(fails_on)(i, 2) for i in range(6))
+
+
+def test_first_error_cancels_queued_gpu_work():
+    started = []
+
+    def slow_then_fail(i):
+        started.append(i)
+        time.sleep(0.01)
+        if i == 2:
+            raise RuntimeError("stop")
+        return i
+
+    with pytest.raises(RuntimeError, match="stop"):
+        Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"), batch_size=1,
+                 pre_dispatch="all")(delayed(slow_then_fail)(i) for i in range(200))
+    assert len(started) < 50
+
+
+def test_timeout():
+    with pytest.raises(multiprocessing.TimeoutError):  # what joblib raises
+        Parallel(n_jobs=2, backend="device", timeout=0.2)(
+            delayed(fails_on)(i, -1, delay=0.5) for i in range(2))
+
+
+def test_nested_parallel_inside_a_gpu_call():
+    def inner(n):
+        return sum(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(n)))
+
+    out = Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"))(
+        delayed(inner)(n) for n in range(5))
+    assert out == [sum(range(n)) for n in range(5)]
+
+
+def test_threads_reused_within_parallel_config_and_joined_after():
+    with parallel_config(backend="device"):
+        first = Parallel(n_jobs=2)(delayed(locate)(i) for i in range(4))
+        idents = {t.ident for t in threading.enumerate() if t.name.startswith("devicejoblib")}
+        Parallel(n_jobs=2)(delayed(locate)(i) for i in range(4))
+        again = {t.ident for t in threading.enumerate() if t.name.startswith("devicejoblib")}
+    assert idents and idents == again
+    assert {d for _, d, _, _ in first} == {"cuda:0", "cuda:1"}
+    assert not [t for t in threading.enumerate() if t.name.startswith("devicejoblib")]
+
+
+def test_report_counts_every_call_per_device(capsys):
+    backend = DeviceBackend()
+    with Parallel(n_jobs=2, backend=backend, verbose=1) as parallel:
+        parallel(delayed(scale)(i) for i in range(10))
+        parallel(delayed(cpu_only)(i) for i in range(5))
+    report = backend.report()
+    assert sum(r["calls"] for r in report.values()) == 15
+    assert report["cpu"]["calls"] == 5
+    assert report["cuda:0"]["calls"] + report["cuda:1"]["calls"] == 10
+    assert "cuda:0:" in capsys.readouterr().err
+    backend.shutdown()
+
+
+def test_effective_n_jobs_above_one_with_a_single_gpu():
+    with simulate_gpus(1):
+        backend = DeviceBackend()
+        assert backend.effective_n_jobs(1) == 2
+        out = Parallel(n_jobs=1, backend=backend)(delayed(locate)(i) for i in range(3))
+    assert {d for _, d, _, _ in out} == {"cuda:0"}
+
+
+def test_gpu_placement_without_gpu_is_an_error():
+    with simulate_gpus(0), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if any(d.is_gpu for d in devicejoblib.devices()):
+            pytest.skip("this machine has a real GPU")
+        with pytest.raises(DeviceUnavailableError, match="no cuda device"):
+            DeviceBackend(placement="gpu")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"cpu_backend": "dask"}, "Invalid cpu_backend='dask'"),
+    ({"n_cpu_jobs": 0}, "Invalid n_cpu_jobs=0"),
+    ({"devices": "tpu"}, "Invalid device spec 'tpu'"),
+])
+def test_bad_backend_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DeviceBackend(**kwargs)
+
+
+def test_kernel_called_directly_runs_on_cpu():
+    assert locate(5)[1] == "cpu"
+    assert cpu_only(1) == 2
+    with pytest.raises(DeviceUnavailableError, match="only a GPU implementation"):
+        gpu_only(1)
+
+
+def test_kernels_pickle_by_reference():
+    import pickle
+
+    assert pickle.loads(pickle.dumps(scale)) is scale
+    pinned = pickle.loads(pickle.dumps(scale.on("cuda:1")))
+    assert pinned.placement == "cuda:1" and pinned(3) == 6

@@ -1,0 +1,89 @@
+"""The routing rule on its own: explicit placement > data affinity > capability."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from device_kernels import cpu_only, gpu_only, plain_where, scale
+from devicejoblib import DeviceUnavailableError, devices, simulate_gpus
+from devicejoblib._arrays import to_host
+from devicejoblib._routing import Router
+
+
+@pytest.fixture
+def gpus2():
+    with simulate_gpus(2):
+        yield devices()
+
+
+def on_device(device, array):
+    return to_host(array, device, keep_on_device=True)
+
+
+def idle(device_id):
+    return 0
+
+
+def route(router, function, *args, load=idle, **kwargs):
+    return router.route(function, args, kwargs, load).id
+
+
+def test_capability(gpus2):
+    router = Router(gpus2)
+    assert route(router, scale, 1) == "cuda:0"
+    assert route(router, plain_where, 1) == "cpu"
+    assert route(router, cpu_only, 1) == "cpu"
+    assert route(router, gpu_only, 1) == "cuda:0"
+
+
+def test_capability_spreads_over_the_least_loaded_gpu(gpus2):
+    router = Router(gpus2)
+    assert route(router, scale, 1, load={"cuda:0": 3, "cuda:1": 1}.get) == "cuda:1"
+
+
+def test_affinity_beats_capability_and_load(gpus2):
+    router = Router(gpus2)
+    x = on_device(gpus2[2], np.ones(3))
+    busy_second = {"cuda:0": 0, "cuda:1": 99}.get
+    assert route(router, scale, x, load=busy_second) == "cuda:1"
+    assert route(router, plain_where, x) == "cuda:1"
+    assert route(router, scale, 1, factor=x) == "cuda:1"
+
+
+def test_explicit_placement_beats_affinity(gpus2):
+    router = Router(gpus2)
+    x = on_device(gpus2[2], np.ones(3))
+    assert route(router, scale.on("cuda:0"), x) == "cuda:0"
+    assert route(router, scale.on("cpu"), x) == "cpu"
+
+
+def test_backend_placement(gpus2):
+    assert route(Router(gpus2, placement="cpu"), scale, 1) == "cpu"
+    assert route(Router(gpus2, placement="gpu"), plain_where, 1) == "cuda:0"
+    assert route(Router(gpus2, placement=["cuda:1"]), scale, 1) == "cuda:1"
+    # a call's own pin wins over the backend's placement
+    assert route(Router(gpus2, placement="cpu"), scale.on("cuda:1"), 1) == "cuda:1"
+
+
+def test_affinity_only_within_placement(gpus2):
+    x = on_device(gpus2[2], np.ones(3))
+    assert route(Router(gpus2, placement="cuda:0"), scale, x) == "cuda:0"
+
+
+def test_gpu_kernel_without_gpu_runs_on_cpu_with_one_warning():
+    with simulate_gpus(0), pytest.warns(RuntimeWarning, match="no GPU") as record:
+        cpu = [d for d in devices() if not d.is_gpu]
+        router = Router(cpu)
+        assert route(router, scale, 1) == "cpu"
+        assert route(router, scale, 2) == "cpu"
+    assert len([w for w in record if "no GPU" in str(w.message)]) == 1
+
+
+def test_gpu_placement_without_gpu_raises():
+    with simulate_gpus(0), warnings.catch_warnings(), pytest.raises(DeviceUnavailableError):
+        warnings.simplefilter("ignore")
+        if any(d.is_gpu for d in devices()):
+            pytest.skip("this machine has a real GPU")
+        Router([d for d in devices() if not d.is_gpu], placement="gpu").route(
+            scale, (1,), {}, idle)
