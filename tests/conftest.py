@@ -33,6 +33,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+GPU_KINDS = ["simulated", pytest.param("real", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(params=GPU_KINDS)
+def gpus(request):
+    """The GPUs a test runs on: two simulated ones, or this machine's real ones."""
+    with simulate_gpus(2 if request.param == "simulated" else 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = [d for d in devicejoblib.devices() if d.is_gpu]
+        if not found:
+            pytest.skip("no real GPU")
+        yield found
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
     """Fail a test that leaves worker threads, child processes or simulation behind."""

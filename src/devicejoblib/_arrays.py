@@ -7,6 +7,9 @@ import sys
 import numpy as np
 
 
+_kept_simulated = False
+
+
 class SimulatedDeviceArray(np.ndarray):
     """A NumPy array that a simulated GPU kept "on device" (``keep_on_device=True``).
 
@@ -24,6 +27,23 @@ class SimulatedDeviceArray(np.ndarray):
         return np.array(self)
 
 
+def device_array_types():
+    """The array types that may live on a GPU in this process: CuPy's once CuPy is
+    imported, simulated ones once one was kept on a simulated GPU (none otherwise, so
+    that routing skips looking at arguments)."""
+    types = (SimulatedDeviceArray,) if _kept_simulated else ()
+    cupy = sys.modules.get("cupy")
+    return types if cupy is None else (*types, cupy.ndarray)
+
+
+def holds_any(types, args, kwargs):
+    """Whether a call's arguments include an instance of ``types``."""
+    for value in args:
+        if isinstance(value, types):
+            return True
+    return bool(kwargs) and any(isinstance(v, types) for v in kwargs.values())
+
+
 def device_id_of(value):
     """``"cuda:k"`` when ``value`` is an array living on GPU k, else None."""
     if isinstance(value, SimulatedDeviceArray):
@@ -35,9 +55,7 @@ def device_id_of(value):
 
 
 def to_device(args, kwargs, device):
-    """Arguments for a call on ``device``: NumPy arrays become CuPy arrays on a real GPU."""
-    if device.simulated:
-        return args, kwargs
+    """Arguments for a call on a real GPU: NumPy arrays become CuPy arrays there."""
     import cupy
 
     def move(value):
@@ -57,6 +75,8 @@ def to_host(result, device, keep_on_device):
             return result
         if not keep_on_device:
             return result.view(np.ndarray)
+        global _kept_simulated
+        _kept_simulated = True
         kept = result.view(SimulatedDeviceArray)
         kept.device_id = device.id
         return kept

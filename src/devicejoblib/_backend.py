@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 from joblib import parallel_config
 from joblib._parallel_backends import (
@@ -17,12 +17,12 @@ from joblib._parallel_backends import (
 )
 from joblib.parallel import BatchedCalls, get_active_backend
 
-from ._arrays import to_host
+from ._arrays import device_array_types, holds_any, to_host
 from ._devices import parse_devices
 from ._kernels import Kernel
 from ._routing import Router
 from ._safe_import import cpu_count
-from ._workers import GPUWorker
+from ._workers import CallbackThread, GPUWorker
 
 CPU_BACKENDS = ("loky", "threading")
 _PROCESS, _THREAD = "cpu", "cpu-threads"
@@ -74,7 +74,9 @@ class DeviceBackend(ParallelBackendBase):
         self._cpu_stats = {_PROCESS: [0, 0, 0.0], _THREAD: [0, 0, 0.0]}
         self._stats_lock = threading.Lock()
         self._cpu_jobs = 1
-        self._finalizer = weakref.finalize(self, _stop_all, list(self.workers.values()))
+        self._callbacks = CallbackThread("devicejoblib-callbacks")
+        self._finalizer = weakref.finalize(
+            self, _stop_all, [*self.workers.values(), self._callbacks])
 
     @property
     def uses_threads(self):
@@ -84,8 +86,12 @@ class DeviceBackend(ParallelBackendBase):
     # --- joblib's contract -----------------------------------------------------------
 
     def effective_n_jobs(self, n_jobs):
+        # joblib slices the input into this many batches per round and keeps twice as
+        # many in flight. max(), not the sum, keeps CPU batches as loky's would be (the
+        # sum cost 10% per CPU call, bench_dispatch.py); never 1 with a GPU, or joblib
+        # would bypass the backend.
         cpu = self._resolve_cpu_jobs(n_jobs)
-        return max(cpu + len(self.workers), 2) if self.workers else cpu
+        return max(cpu, len(self.workers), 2) if self.workers else cpu
 
     def configure(self, n_jobs=1, parallel=None, prefer=None, require=None, **kwargs):
         self.parallel = parallel
@@ -146,7 +152,7 @@ class DeviceBackend(ParallelBackendBase):
 
     def shutdown(self):
         """Stop and join the GPU worker threads (they restart on the next call)."""
-        _stop_all(list(self.workers.values()))
+        _stop_all([*self.workers.values(), self._callbacks])
 
     def report(self):
         """Calls, batches and seconds per device since this backend was made.
@@ -187,18 +193,30 @@ class DeviceBackend(ParallelBackendBase):
         return max(cpu_count() + 1 + n, 1) if n < 0 else n
 
     def _route(self, items):
-        """Positions of the calls per target: a GPU id, or a CPU executor kind."""
-        groups = {}
+        """Positions of the calls per target: a GPU id, or a CPU executor kind.
+
+        A call without device-array arguments routes by its function alone, so a batch
+        makes one decision per distinct function (and its calls stay together).
+        """
+        groups, by_function = {}, {}
+        array_types = device_array_types() if self.workers else ()
         for position, (function, args, kwargs) in enumerate(items):
-            device = self.router.route(function, args, kwargs, self._load)
-            if device.is_gpu:
-                target = device.id
-            elif type(function) is Kernel and function.nogil:
-                target = _THREAD
+            if array_types and holds_any(array_types, args, kwargs):
+                target = self._target(function, args, kwargs)  # data affinity applies
             else:
-                target = self._default_cpu
+                target = by_function.get(id(function))
+                if target is None:
+                    target = by_function[id(function)] = self._target(function, (), {})
             groups.setdefault(target, []).append(position)
         return groups
+
+    def _target(self, function, args, kwargs):
+        device = self.router.route(function, args, kwargs, self._load)
+        if device.is_gpu:
+            return device.id
+        if type(function) is Kernel and function.nogil:
+            return _THREAD
+        return self._default_cpu
 
     def _load(self, device_id):
         return self.workers[device_id].pending_calls
@@ -206,13 +224,13 @@ class DeviceBackend(ParallelBackendBase):
     def _submit_part(self, target, batch, callback):
         worker = self.workers.get(target)
         if worker is not None:
-            outcome = Future()
+            outcome = _Outcome()
             task = _GPUTask(batch, worker.device, self.keep_on_device)
 
             def done(result, error, seconds):
-                _settle(outcome, result, error)
+                outcome.value, outcome.error = result, error
                 if callback is not None:
-                    callback(outcome)
+                    self._callbacks.call(callback, outcome)
 
             worker.submit(task, len(batch), done)
             return outcome
@@ -297,9 +315,11 @@ class _JoinedBatch:
             try:
                 for position, value in zip(positions, future.result()):
                     self._results[position] = value
+                error = None
             except BaseException as exc:
-                self._error = self._error or exc
+                error = exc
             with self._lock:
+                self._error = self._error or error
                 self._remaining -= 1
                 last = self._remaining == 0
             if last and self._callback is not None:
@@ -319,11 +339,18 @@ def _sub_batch(batch, items):
                         batch._reducer_callback, batch._pickle_cache)
 
 
-def _settle(future, result, error):
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)
+class _Outcome:
+    """The result of a GPU part: set once by its worker before any callback reads it."""
+
+    __slots__ = ("error", "value")
+
+    def __init__(self):
+        self.value = self.error = None
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 def _add_note(exc, note):

@@ -88,9 +88,10 @@ class Kernel:
                     f"kernel {self.__name__!r} has only a GPU implementation: run it through "
                     "Parallel with the 'device' backend on a GPU (real or simulated)")
             return self._cpu(*args, **kwargs)
-        from ._arrays import to_device
+        if not bound.device.simulated:
+            from ._arrays import to_device
 
-        args, kwargs = to_device(args, kwargs, bound.device)
+            args, kwargs = to_device(args, kwargs, bound.device)
         return self._cuda(*args, **kwargs)
 
     def __repr__(self):
@@ -102,11 +103,14 @@ class Kernel:
         base = getattr(self, "_base", None)
         if base is not None:
             return _placed_kernel, (base, self.placement)
-        try:
-            if _lookup(self.__module__, self.__qualname__) is self:
-                return _lookup, (self.__module__, self.__qualname__)
-        except (ImportError, AttributeError):
-            pass
+        # By reference where a worker process can import it; a script's (__main__)
+        # kernels travel by value, their functions pickled by loky's cloudpickle.
+        if self.__module__ != "__main__":
+            try:
+                if _lookup(self.__module__, self.__qualname__) is self:
+                    return _lookup, (self.__module__, self.__qualname__)
+            except (ImportError, AttributeError):
+                pass
         return Kernel, (self._cpu, self._cuda), {"nogil": self.nogil}
 
 

@@ -43,13 +43,11 @@ class Router:
         """
         placement = getattr(function, "placement", None) if type(function) is Kernel else None
         allowed = self.allowed(placement) if placement is not None else self.default_allowed
-        if self.gpus:
+        if self.gpus and (args or kwargs):
             for value in (*args, *kwargs.values()):
-                home = device_id_of(value)
-                if home is not None:
-                    device = self._by_id.get(home)
-                    if device is not None and (allowed is None or device in allowed):
-                        return device
+                device = self._by_id.get(device_id_of(value))
+                if device is not None and (allowed is None or device in allowed):
+                    return device
         candidates = allowed if allowed is not None else self.devices
         gpus = [d for d in candidates if d.is_gpu]
         has_gpu_impl = type(function) is Kernel and function.has_gpu

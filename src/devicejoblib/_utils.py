@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
 import warnings
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _joblib_dir():
+    spec = importlib.util.find_spec("joblib")
+    return os.path.dirname(spec.origin) if spec and spec.origin else _PACKAGE_DIR
+
+
+_INTERNAL_DIRS = (_PACKAGE_DIR + os.sep, _joblib_dir() + os.sep)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
@@ -41,8 +50,8 @@ def format_bytes(n):
 
 
 def warn_user(message, category):
-    """Warn with the first frame outside devicejoblib as the warning's location."""
+    """Warn with the first frame outside devicejoblib and joblib as the warning's location."""
     frame, level = sys._getframe(0), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)

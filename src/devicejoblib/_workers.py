@@ -94,6 +94,46 @@ class GPUWorker:
             self.busy_seconds += seconds
 
 
+class CallbackThread:
+    """One thread that runs completion callbacks in order, so that a GPU worker hands
+    its results over and goes on with its queue instead of waiting on the caller's
+    locks (joblib's callback takes the Parallel call's lock and dispatches more work)."""
+
+    def __init__(self, name):
+        self.name = name
+        self._queue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def call(self, function, argument):
+        """Run ``function(argument)`` on the callback thread."""
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name=self.name,
+                                                    daemon=True)
+                    self._thread.start()
+        self._queue.put((function, argument))
+
+    def stop(self):
+        """Run the callbacks already queued, then stop the thread and wait for it."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            if thread is not threading.current_thread():
+                thread.join()
+
+    def _run(self):
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            function, argument = item
+            function(argument)
+            del item, function, argument  # keep nothing alive while idle
+
+
 def _bind_cuda(device):
     """Bind the calling thread to a real GPU with its own non-blocking stream.
 
