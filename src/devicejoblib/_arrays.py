@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 
-
 _kept_simulated = False
 
 
