@@ -33,7 +33,7 @@ def _(x):
     return x
 
 
-def contenders(n_jobs):
+def contenders(n_jobs, with_gpus=True):
     """name -> function running a list of calls; each builds its backend as users do."""
     def run(function, backend, **kwargs):
         def go(n):
@@ -41,13 +41,16 @@ def contenders(n_jobs):
                 delayed(function)(i) for i in range(n))
         return go
 
-    return {
+    cpu = {
         "cpu route: loky, batch auto": run(tiny, "loky"),
         "cpu route: device, batch auto": run(tiny, "device"),
+    }
+    gpu = {
         "gpu route: threading, batch auto": run(tiny, "threading"),
         "gpu route: device, batch 1": run(tiny_kernel, "device", batch_size=1),
         "gpu route: device, batch auto": run(tiny_kernel, "device"),
     }
+    return {**cpu, **gpu} if with_gpus else cpu
 
 
 def measure(contenders, calls, rounds):
@@ -77,7 +80,7 @@ def main():
     n_sim = args.simulate_gpus if args.simulate_gpus is not None else (0 if real else 2)
     with devicejoblib.simulate_gpus(n_sim):
         gpus = [str(d) for d in devicejoblib.devices() if d.is_gpu]
-        result = measure(contenders(args.n_jobs), args.calls, args.rounds)
+        result = measure(contenders(args.n_jobs, bool(gpus)), args.calls, args.rounds)
     print(f"{args.calls} calls x {args.rounds} rounds, n_jobs={args.n_jobs}, "
           f"GPUs: {', '.join(gpus) or 'none'}; Python {sys.version.split()[0]}")
     print(f"{'contender':<36}{'us/call':>9}{'ratio':>8}")

@@ -196,10 +196,15 @@ class DeviceBackend(ParallelBackendBase):
         """Positions of the calls per target: a GPU id, or a CPU executor kind.
 
         A call without device-array arguments routes by its function alone, so a batch
-        makes one decision per distinct function (and its calls stay together).
+        makes one decision per distinct function (and its calls stay together). The
+        common batch, one function and no device arrays, maps to ``{target: None}``.
         """
-        groups, by_function = {}, {}
         array_types = device_array_types() if self.workers else ()
+        if not array_types:
+            functions = {id(f): f for f, _, _ in items}
+            if len(functions) == 1:
+                return {self._target(next(iter(functions.values())), (), {}): None}
+        groups, by_function = {}, {}
         for position, (function, args, kwargs) in enumerate(items):
             if array_types and holds_any(array_types, args, kwargs):
                 target = self._target(function, args, kwargs)  # data affinity applies
