@@ -253,3 +253,15 @@ def test_kernels_pickle_by_reference():
     assert pickle.loads(pickle.dumps(scale)) is scale
     pinned = pickle.loads(pickle.dumps(scale.on("cuda:1")))
     assert pinned.placement == "cuda:1" and pinned(3) == 6
+
+
+def test_a_worker_that_cannot_bind_fails_its_calls_instead_of_hanging(monkeypatch, gpus):
+    import devicejoblib._workers as workers
+
+    def broken(device):
+        raise OSError("driver gone")
+
+    monkeypatch.setattr(workers, "_bind_cuda", broken)
+    with pytest.raises(DeviceUnavailableError, match=r"could not bind .* driver gone"):
+        Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"))(
+            delayed(locate)(i) for i in range(4))

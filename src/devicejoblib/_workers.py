@@ -10,6 +10,7 @@ import time
 from concurrent.futures import CancelledError
 
 from ._context import bind_thread
+from ._errors import DeviceUnavailableError
 
 _STOP = object()
 
@@ -67,7 +68,12 @@ class GPUWorker:
 
     def _run(self):
         bind_thread(self.device, self.keep_on_device)
-        sync = _bind_cuda(self.device)
+        try:
+            sync, bind_error = _bind_cuda(self.device), None
+        except Exception as exc:  # every task fails with it: nothing may wait forever
+            sync, bind_error = None, DeviceUnavailableError(
+                f"could not bind a worker thread to {self.device}: {exc}")
+            bind_error.__cause__ = exc
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -75,6 +81,8 @@ class GPUWorker:
             task, n_calls, done = item
             start = time.perf_counter()
             try:
+                if bind_error is not None:
+                    raise bind_error
                 result, error = task(), None
                 sync()
             except BaseException as exc:  # handed to the caller through `done`
@@ -130,7 +138,11 @@ class CallbackThread:
             if item is _STOP:
                 return
             function, argument = item
-            function(argument)
+            try:
+                function(argument)
+            except BaseException:  # report it, and keep serving the other callbacks
+                threading.excepthook(threading.ExceptHookArgs(
+                    (*sys.exc_info(), threading.current_thread())))
             del item, function, argument  # keep nothing alive while idle
 
 
@@ -141,12 +153,17 @@ def _bind_cuda(device):
     """
     if device.simulated:
         return lambda: None
+    numba_cuda = sys.modules.get("numba.cuda")
+    if device.provider == "numba" or numba_cuda is not None:
+        # the program uses Numba CUDA: give this thread its context on the device too
+        from numba import cuda as numba_cuda
+
+        numba_cuda.select_device(device.index)
+    if device.provider != "cupy":
+        return numba_cuda.synchronize
     import cupy
 
     cupy.cuda.Device(device.index).use()
     stream = cupy.cuda.Stream(non_blocking=True)
     stream.use()
-    numba = sys.modules.get("numba.cuda")
-    if numba is not None:  # the program uses Numba CUDA: give this thread its context too
-        numba.select_device(device.index)
     return stream.synchronize
