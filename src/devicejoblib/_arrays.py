@@ -65,6 +65,8 @@ def to_device(args, kwargs, device):
 
 def to_host(result, device, keep_on_device):
     """A call's result as the caller receives it: NumPy, unless kept on the device."""
+    if not device.is_gpu:
+        return result
     if isinstance(result, tuple):
         return tuple(to_host(r, device, keep_on_device) for r in result)
     if isinstance(result, list):

@@ -4,6 +4,8 @@ joblib sees one batch, one callback, results in order."""
 
 from __future__ import annotations
 
+import functools
+import sys
 import threading
 import time
 import weakref
@@ -17,8 +19,10 @@ from joblib._parallel_backends import (
 )
 from joblib.parallel import BatchedCalls, get_active_backend
 
-from ._arrays import device_array_types, holds_any, to_host
-from ._devices import parse_devices
+from ._arrays import device_array_types, holds_any
+from ._batching import GPUBatchSizer
+from ._devices import cpu_device, parse_devices
+from ._fusion import Failure, is_out_of_memory, run_calls
 from ._kernels import Kernel
 from ._routing import Router
 from ._safe_import import cpu_count
@@ -45,6 +49,8 @@ class DeviceBackend(ParallelBackendBase):
         CPU workers; default: the ``n_jobs`` of the ``Parallel`` call.
     keep_on_device : bool
         Leave GPU results on their device (CuPy arrays) instead of copying them to NumPy.
+    max_batch_size : int, optional
+        Upper bound for automatic batch sizes, on the CPU and on each GPU.
     """
 
     supports_retrieve_callback = True
@@ -54,8 +60,8 @@ class DeviceBackend(ParallelBackendBase):
     default_n_jobs = 1
 
     def __init__(self, devices=None, placement=None, cpu_backend="loky", n_cpu_jobs=None,
-                 keep_on_device=False, nesting_level=None, inner_max_num_threads=None,
-                 **backend_kwargs):
+                 keep_on_device=False, max_batch_size=None, nesting_level=None,
+                 inner_max_num_threads=None, **backend_kwargs):
         super().__init__(nesting_level=nesting_level,
                          inner_max_num_threads=inner_max_num_threads, **backend_kwargs)
         if cpu_backend not in CPU_BACKENDS:
@@ -65,11 +71,22 @@ class DeviceBackend(ParallelBackendBase):
                                        or isinstance(n_cpu_jobs, bool)):
             raise ValueError(f"Invalid n_cpu_jobs={n_cpu_jobs!r}: expected a non-zero "
                              "integer (-1 for all CPUs) or None")
+        if max_batch_size is not None and (not isinstance(max_batch_size, int)
+                                           or isinstance(max_batch_size, bool)
+                                           or max_batch_size < 1):
+            raise ValueError(f"Invalid max_batch_size={max_batch_size!r}: expected a "
+                             "positive integer or None")
         self.cpu_backend = cpu_backend
         self.n_cpu_jobs = n_cpu_jobs
         self.keep_on_device = keep_on_device
+        self.max_batch_size = max_batch_size
         self.router = Router(parse_devices(devices), placement)
-        self.workers = {d.id: GPUWorker(d, keep_on_device) for d in self.router.gpus}
+        self.workers = {}
+        for device in self.router.gpus:
+            sizer = GPUBatchSizer(device, max_batch_size)
+            execute = functools.partial(_execute_gpu, device, keep_on_device, sizer)
+            self.workers[device.id] = GPUWorker(device, execute, sizer, keep_on_device)
+        self._gpu_bound = False  # whether the last batch went to GPUs only
         self._cpu = {}  # executor kind -> (submit, shutdown, abort)
         self._cpu_stats = {_PROCESS: [0, 0, 0.0], _THREAD: [0, 0, 0.0]}
         self._stats_lock = threading.Lock()
@@ -101,16 +118,25 @@ class DeviceBackend(ParallelBackendBase):
         self._default_cpu = _THREAD if threads else _PROCESS
         self._loky_kwargs = kwargs
         self._batching.parallel = parallel
+        fixed = getattr(parallel, "batch_size", "auto")
+        for worker in self.workers.values():
+            worker.sizer.fixed = fixed if isinstance(fixed, int) else None
         return self.effective_n_jobs(n_jobs)
 
     def compute_batch_size(self):
-        return self._batching.compute_batch_size()
+        """joblib's batch size: the GPUs' while the calls go to GPUs, else joblib's auto
+        policy for loky (fed with the CPU parts' durations only)."""
+        if self._gpu_bound:
+            return min(worker.sizer.size for worker in self.workers.values())
+        size = self._batching.compute_batch_size()
+        return size if self.max_batch_size is None else min(size, self.max_batch_size)
 
     def batch_completed(self, batch_size, duration):
-        self._batching.batch_completed(batch_size, duration)
+        """Ignored: CPU parts report their own durations; GPU workers time themselves."""
 
     def submit(self, func, callback=None):
         groups = self._route(func.items)
+        self._gpu_bound = all(target in self.workers for target in groups)
         if len(groups) == 1:
             (target, _), = groups.items()
             return self._submit_part(target, func, callback)
@@ -140,6 +166,9 @@ class DeviceBackend(ParallelBackendBase):
             shutdown()
         self._cpu.clear()
         self._batching.reset_batch_stats()
+        for worker in self.workers.values():
+            worker.sizer.reset()
+        self._gpu_bound = False
         # Break the backend <-> Parallel cycle so that, once the caller drops both, the
         # backend is freed at once and its finalizer joins the GPU threads.
         self.parallel = self._batching.parallel = None
@@ -167,13 +196,16 @@ class DeviceBackend(ParallelBackendBase):
         for device_id, worker in self.workers.items():
             if worker.calls:
                 out[device_id] = {"calls": worker.calls, "batches": worker.batches,
-                                  "seconds": worker.busy_seconds}
+                                  "seconds": worker.busy_seconds, **worker.sizer.describe()}
         return out
 
     def format_report(self):
         """The dispatch report, one line per device."""
-        return "\n".join(f"{device}: {r['calls']} calls in {r['batches']} batches, "
-                         f"{r['seconds']:.3f}s" for device, r in self.report().items())
+        return "\n".join(
+            f"{device}: {r['calls']} calls in {r['batches']} batches, {r['seconds']:.3f}s"
+            + (f", batch size {r['batch_size']} ({r['batch_policy']})"
+               if "batch_size" in r else "")
+            for device, r in self.report().items())
 
     # --- internals ----------------------------------------------------------------------
 
@@ -230,27 +262,30 @@ class DeviceBackend(ParallelBackendBase):
         worker = self.workers.get(target)
         if worker is not None:
             outcome = _Outcome()
-            task = _GPUTask(batch, worker.device, self.keep_on_device)
 
-            def done(result, error, seconds):
+            def done(result, error):
                 outcome.value, outcome.error = result, error
                 if callback is not None:
                     self._callbacks.call(callback, outcome)
 
-            worker.submit(task, len(batch), done)
+            worker.submit(_GPUTask(batch), done)
             return outcome
         submit = self._cpu_executor(target)[0]
         started, n_calls = time.perf_counter(), len(batch)
         stats = self._cpu_stats[target]
 
         def cpu_done(future):
+            seconds = time.perf_counter() - started
             with self._stats_lock:
                 stats[0] += n_calls
                 stats[1] += 1
-                stats[2] += time.perf_counter() - started
+                stats[2] += seconds
+            self._batching.batch_completed(n_calls, seconds)
             if callback is not None:
                 callback(future)
 
+        if any(type(f) is Kernel and f.batched_form("cpu") for f, _, _ in batch.items):
+            batch = _FusedCPUBatch(batch)
         future = submit(batch)
         future.add_done_callback(cpu_done)
         return future
@@ -278,28 +313,79 @@ class DeviceBackend(ParallelBackendBase):
 
 
 class _GPUTask:
-    """A batch's calls as a GPU worker runs them: in order, under joblib's nested config,
-    results copied to the host (unless kept on the device), each error annotated with
-    the device and the call that raised it."""
+    """The part of a joblib batch that one GPU runs; tasks with the same ``config``
+    (joblib's nested backend) may run together."""
 
-    def __init__(self, batch, device, keep_on_device):
+    __slots__ = ("config", "items", "n_calls")
+
+    def __init__(self, batch):
+        self.items = batch.items
+        self.n_calls = len(batch.items)
+        self.config = (batch._backend, batch._n_jobs)
+
+
+def _execute_gpu(device, keep_on_device, sizer, tasks):
+    """Run tasks on the calling GPU worker: their calls together, fused where kernels
+    allow; one ``(results, error)`` per task and the bytes each call moved."""
+    backend, n_jobs = tasks[0].config
+    calls = [call for task in tasks for call in task.items]
+    with parallel_config(backend=backend, n_jobs=n_jobs):
+        results = _run_fitting(calls, device, keep_on_device, sizer)
+    outcomes, start = [], 0
+    for task in tasks:
+        part = results[start:start + task.n_calls]
+        start += task.n_calls
+        failure = next((r for r in part if isinstance(r, Failure)), None)
+        outcomes.append((None, failure.error) if failure else (part, None))
+    return outcomes, _bytes_per_call(calls, results)
+
+
+def _run_fitting(calls, device, keep_on_device, sizer):
+    """run_calls, halving the calls after an out-of-memory error until they fit."""
+    try:
+        return run_calls(calls, device, keep_on_device)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        sizer.out_of_memory(len(calls))
+        _free_cached_memory()
+        if len(calls) == 1:
+            return [Failure(exc)]
+        half = len(calls) // 2
+        return (_run_fitting(calls[:half], device, keep_on_device, sizer)
+                + _run_fitting(calls[half:], device, keep_on_device, sizer))
+
+
+def _free_cached_memory():
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        cupy.get_default_memory_pool().free_all_blocks()
+
+
+def _bytes_per_call(calls, results):
+    total = sum(getattr(v, "nbytes", 0) for _, args, kwargs in calls
+                for v in (*args, *kwargs.values()))
+    total += sum(getattr(r, "nbytes", 0) for r in results)
+    return total // max(len(calls), 1)
+
+
+class _FusedCPUBatch:
+    """A joblib batch run by a CPU worker with its kernels' batched forms."""
+
+    def __init__(self, batch):
         self.batch = batch
-        self.device = device
-        self.keep_on_device = keep_on_device
+
+    def __len__(self):
+        return len(self.batch)
 
     def __call__(self):
         batch = self.batch
         with parallel_config(backend=batch._backend, n_jobs=batch._n_jobs):
-            results = []
-            for function, args, kwargs in batch.items:
-                try:
-                    result = function(*args, **kwargs)
-                except BaseException as exc:
-                    _add_note(exc, f"raised by {_describe(function, args, kwargs)} "
-                                   f"on {self.device}")
-                    raise
-                results.append(to_host(result, self.device, self.keep_on_device))
-            return results
+            results = run_calls(batch.items, cpu_device())
+        for result in results:
+            if isinstance(result, Failure):
+                raise result.error
+        return results
 
 
 class _JoinedBatch:
@@ -356,24 +442,6 @@ class _Outcome:
         if self.error is not None:
             raise self.error
         return self.value
-
-
-def _add_note(exc, note):
-    if hasattr(exc, "add_note"):
-        exc.add_note(note)
-    else:  # Python 3.10: kept for introspection, not printed by the traceback module
-        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
-
-
-def _describe(function, args, kwargs):
-    name = getattr(function, "__qualname__", repr(function))
-    shown = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwargs.items()]
-    return f"{name}({', '.join(shown)})"
-
-
-def _short(value):
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _stop_all(workers):

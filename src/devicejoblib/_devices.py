@@ -23,6 +23,7 @@ from ._utils import format_bytes, parse_bytes, warn_user
 
 SIMULATE_GPUS_ENV = "DEVICEJOBLIB_SIMULATE_GPUS"
 SIMULATED_MEMORY_ENV = "DEVICEJOBLIB_SIMULATED_MEMORY"
+SIMULATED_LATENCY_ENV = "DEVICEJOBLIB_SIMULATED_LAUNCH_LATENCY"
 DEFAULT_SIMULATED_MEMORY = 16 * 2**30
 MAX_SIMULATED_GPUS = 64
 
@@ -59,6 +60,9 @@ class Device:
         True for a host-backed simulated GPU (``DEVICEJOBLIB_SIMULATE_GPUS``).
     provider : str
         Who reported it: ``"os"``, ``"cupy"``, ``"numba"`` or ``"simulator"``.
+    launch_latency : float
+        Seconds a simulated GPU waits per launch (a call, or a fused group of calls),
+        standing for a real GPU's launch and synchronisation cost; 0 for real devices.
     """
 
     kind: str
@@ -71,6 +75,7 @@ class Device:
     cores: int | None = None
     simulated: bool = False
     provider: str = "os"
+    launch_latency: float = 0.0
 
     @property
     def id(self):
@@ -112,6 +117,10 @@ class simulate_gpus:
     memory : int or str, optional
         Memory of each simulated GPU (``"8GiB"``, bytes). Default: 16 GiB, or
         ``DEVICEJOBLIB_SIMULATED_MEMORY``.
+    launch_latency : float, optional
+        Seconds each launch waits (default 0, or
+        ``DEVICEJOBLIB_SIMULATED_LAUNCH_LATENCY``), so that batching decisions can be
+        seen on a CPU.
 
     Examples
     --------
@@ -120,13 +129,15 @@ class simulate_gpus:
     ['cpu', 'cuda:0', 'cuda:1']
     """
 
-    _active = None  # (n, memory) set by the innermost call, or None: read the environment
+    _active = None  # (n, memory, latency) of the innermost call, or None: the environment
 
-    def __init__(self, n, memory=None):
+    def __init__(self, n, memory=None, launch_latency=None):
         n = _check_gpu_count(n, "simulate_gpus(n)")
         memory = _simulated_memory() if memory is None else parse_bytes(memory, "memory")
+        latency = (_simulated_latency() if launch_latency is None
+                   else _check_latency(launch_latency, "launch_latency"))
         self._previous = simulate_gpus._active
-        simulate_gpus._active = (n, memory)
+        simulate_gpus._active = (n, memory, latency)
 
     def __enter__(self):
         return self
@@ -243,12 +254,12 @@ def _machine_has(available):
 
 # --- discovery ---------------------------------------------------------------------
 
-def _discover(n_simulated, simulated_memory):
+def _discover(n_simulated, simulated_memory, latency):
     cpu = cpu_device()
     if n_simulated:
         gpus = tuple(Device("cuda", i, name="simulated GPU", memory_total=simulated_memory,
                             memory_free=simulated_memory, multiprocessor_count=cpu.cores,
-                            simulated=True, provider="simulator")
+                            simulated=True, provider="simulator", launch_latency=latency)
                      for i in range(n_simulated))
         note = (f"{n_simulated} simulated GPU(s) of {format_bytes(simulated_memory)} each "
                 f"({SIMULATE_GPUS_ENV} or simulate_gpus()); real GPUs are not probed")
@@ -387,12 +398,12 @@ def _cuda_version(code):
 # --- simulation settings -------------------------------------------------------------
 
 def _simulation():
-    """(n, memory) of simulated GPUs from simulate_gpus(), else the environment."""
+    """(n, memory, latency) of simulated GPUs from simulate_gpus(), else the environment."""
     if simulate_gpus._active is not None:
         return simulate_gpus._active
     raw = os.environ.get(SIMULATE_GPUS_ENV, "").strip()
     n = _check_gpu_count(raw, SIMULATE_GPUS_ENV) if raw else 0
-    return n, _simulated_memory() if n else 0
+    return (n, _simulated_memory(), _simulated_latency()) if n else (0, 0, 0.0)
 
 
 def _check_gpu_count(value, name):
@@ -404,6 +415,22 @@ def _check_gpu_count(value, name):
         raise ValueError(f"Invalid {name}={value!r}: expected a whole number of simulated "
                          f"GPUs from 0 (off) to {MAX_SIMULATED_GPUS}, such as 2")
     return n
+
+
+def _check_latency(value, name):
+    try:
+        latency = float(value)
+    except (TypeError, ValueError):
+        latency = -1.0
+    if isinstance(value, bool) or not 0.0 <= latency <= 1.0:
+        raise ValueError(f"Invalid {name}={value!r}: expected seconds per launch from 0 to "
+                         "1, such as 2e-5")
+    return latency
+
+
+def _simulated_latency():
+    raw = os.environ.get(SIMULATED_LATENCY_ENV)
+    return _check_latency(raw, SIMULATED_LATENCY_ENV) if raw else 0.0
 
 
 def _simulated_memory():

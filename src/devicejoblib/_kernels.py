@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 
 from ._context import binding
 from ._errors import DeviceUnavailableError
@@ -49,11 +50,13 @@ class Kernel:
     GPU implementation receives its NumPy array arguments as arrays of that device.
     """
 
-    def __init__(self, cpu, cuda=None, *, nogil=False, placement=None, wraps=None):
+    def __init__(self, cpu, cuda=None, *, nogil=False, placement=None, wraps=None,
+                 batched=None):
         self._cpu = cpu
         self._cuda = cuda
         self.nogil = nogil
         self.placement = placement
+        self._batched = batched or {}  # "cpu" / "cuda" -> BatchedForm
         functools.update_wrapper(self, wraps or cpu or cuda)
 
     @property
@@ -69,6 +72,37 @@ class Kernel:
         self._cuda = function
         return self
 
+    def batched(self, function=None, *, same=(), device=None):
+        """Decorator: register the batched form, which runs many calls in one launch.
+
+        The batched form takes the same parameters, each stacked along a new leading
+        axis (arrays with ``xp.stack``, scalars as 1-D arrays), and returns the stacked
+        results (an array, or a tuple of arrays, with one row per call). Calls whose
+        array arguments have equal shapes and dtypes — and equal values for the
+        parameters named in ``same``, passed through unstacked — are fused.
+
+        Parameters
+        ----------
+        same : sequence of str
+            Parameters that must be equal across fused calls (a horizon, a mode...).
+        device : {None, "cpu", "cuda"}
+            Where the form is used: both (written against ``array_module()``), or one.
+        """
+        if function is None:
+            return functools.partial(self.batched, same=same, device=device)
+        kinds = ("cpu", "cuda") if device is None else (device,)
+        if not set(kinds) <= {"cpu", "cuda"}:
+            raise ValueError(f"Invalid device={device!r} for a batched form: expected "
+                             "None (both), 'cpu' or 'cuda'")
+        form = BatchedForm(function, tuple(same), inspect.signature(self.__wrapped__))
+        for kind in kinds:
+            self._batched[kind] = form
+        return self
+
+    def batched_form(self, kind):
+        """The :class:`BatchedForm` used on devices of ``kind``, or None."""
+        return self._batched.get(kind)
+
     def on(self, device):
         """This kernel pinned to ``device`` (``"cpu"``, ``"cuda:1"``, ``"gpu"``, a list...).
 
@@ -76,7 +110,7 @@ class Kernel:
         error when the call is dispatched.
         """
         placed = Kernel(self._cpu, self._cuda, nogil=self.nogil, placement=device,
-                        wraps=self.__wrapped__)
+                        wraps=self.__wrapped__, batched=self._batched)
         placed._base = self
         return placed
 
@@ -111,7 +145,25 @@ class Kernel:
                     return _lookup, (self.__module__, self.__qualname__)
             except (ImportError, AttributeError):
                 pass
-        return Kernel, (self._cpu, self._cuda), {"nogil": self.nogil}
+        return Kernel, (self._cpu, self._cuda), {"nogil": self.nogil,
+                                                 "_batched": self._batched}
+
+
+class BatchedForm:
+    """A kernel's batched implementation, the parameters it keeps unstacked, and the
+    signature that names every call's arguments."""
+
+    def __init__(self, function, same, signature):
+        unknown = set(same) - set(signature.parameters)
+        if unknown:
+            raise ValueError(f"Invalid same={same!r}: {sorted(unknown)} are not parameters "
+                             f"of {list(signature.parameters)}")
+        self.function = function
+        self.same = same
+        self.signature = signature
+
+    def __reduce__(self):
+        return BatchedForm, (self.function, self.same, self.signature)
 
 
 def _lookup(module, qualname):

@@ -18,30 +18,47 @@ _STOP = object()
 class GPUWorker:
     """The worker thread of one GPU: binds itself to the device, then runs tasks.
 
-    A task is a callable run on the thread (a batch of calls) and a ``done(result,
-    error, seconds)`` callback fired exactly once, on the worker thread, whether the
-    task succeeded, failed or was cancelled.
+    A task is a part of a joblib batch: an object with a ``config`` (tasks run
+    together only when their configs are equal) and ``n_calls``. The worker takes
+    queued tasks together up to its sizer's batch size, runs them with one
+    ``execute(tasks) -> (outcomes, bytes_per_call)`` and one synchronisation, and fires
+    each task's ``done(result, error)`` exactly once, whether it succeeded, failed or
+    was cancelled.
+
+    Parameters
+    ----------
+    device : Device
+    execute : callable
+        Runs a list of tasks on this thread; returns one ``(result, error)`` per task
+        and the bytes each call moved.
+    sizer : GPUBatchSizer
+        Decides how many calls to take at once; told how long each batch took.
+    keep_on_device : bool
+        Seen by the calls through :func:`devicejoblib._context.binding`.
     """
 
-    def __init__(self, device, keep_on_device=False):
+    def __init__(self, device, execute, sizer, keep_on_device=False):
         self.device = device
+        self.sizer = sizer
         self.keep_on_device = keep_on_device
         self.pending_calls = 0
         self.calls = self.batches = 0
         self.busy_seconds = 0.0
+        self._execute = execute
         self._queue = queue.SimpleQueue()
+        self._held = None  # a task taken from the queue that must start the next batch
         self._lock = threading.Lock()
         self._thread = None
 
-    def submit(self, task, n_calls, done):
-        """Queue ``task`` (``n_calls`` calls); start the thread on first use."""
+    def submit(self, task, done):
+        """Queue ``task``; start the thread on first use."""
         with self._lock:
-            self.pending_calls += n_calls
+            self.pending_calls += task.n_calls
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"devicejoblib-{self.device.id}", daemon=True)
                 self._thread.start()
-        self._queue.put((task, n_calls, done))
+        self._queue.put((task, done))
 
     def cancel_pending(self):
         """Drop the tasks still queued; their callbacks fire with ``CancelledError``."""
@@ -53,9 +70,9 @@ class GPUWorker:
             if item is _STOP:
                 self._queue.put(_STOP)
                 return
-            _, n_calls, done = item
-            self._finish(n_calls, 0.0)
-            done(None, CancelledError(f"cancelled on {self.device}"), 0.0)
+            task, done = item
+            self._account(task.n_calls, 0, 0.0)
+            done(None, CancelledError(f"cancelled on {self.device}"))
 
     def stop(self):
         """Stop the thread once the queued tasks are done, and wait for it."""
@@ -75,30 +92,54 @@ class GPUWorker:
                 f"could not bind a worker thread to {self.device}: {exc}")
             bind_error.__cause__ = exc
         while True:
-            item = self._queue.get()
-            if item is _STOP:
+            group = self._next_group()
+            if group is None:
                 return
-            task, n_calls, done = item
-            start = time.perf_counter()
-            try:
-                if bind_error is not None:
-                    raise bind_error
-                result, error = task(), None
-                sync()
-            except BaseException as exc:  # handed to the caller through `done`
-                result, error = None, exc
-            seconds = time.perf_counter() - start
-            self._finish(n_calls, seconds)
-            done(result, error, seconds)
-            # Drop the last task's references (joblib's callback holds the Parallel call
-            # and its backend) so that an idle worker keeps nothing alive.
-            del item, task, done, result, error
+            # a method of its own, so that nothing of the batch (joblib's callbacks hold
+            # the Parallel call and its backend) stays referenced while the worker idles
+            self._run_group(group, sync, bind_error)
+            del group
 
-    def _finish(self, n_calls, seconds):
+    def _run_group(self, group, sync, bind_error):
+        tasks = [task for task, _ in group]
+        n_calls = sum(task.n_calls for task in tasks)
+        start = time.perf_counter()
+        try:
+            if bind_error is not None:
+                raise bind_error
+            outcomes, bytes_per_call = self._execute(tasks)
+            sync()
+        except BaseException as exc:  # handed to the caller through `done`
+            outcomes, bytes_per_call = [(None, exc)] * len(group), 0
+        seconds = time.perf_counter() - start
+        self.sizer.record(n_calls, seconds, bytes_per_call)
+        self._account(n_calls, 1, seconds)
+        for (_, done), (result, error) in zip(group, outcomes):
+            done(result, error)
+
+    def _next_group(self):
+        """The next tasks to run together (up to the batch size), or None to stop."""
+        first, self._held = self._held or self._queue.get(), None
+        if first is _STOP:
+            return None
+        group, n_calls, limit = [first], first[0].n_calls, self.sizer.size
+        while n_calls < limit:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP or item[0].config != first[0].config:
+                self._held = item
+                break
+            group.append(item)
+            n_calls += item[0].n_calls
+        return group
+
+    def _account(self, n_calls, batches, seconds):
         with self._lock:
             self.pending_calls -= n_calls
             self.calls += n_calls
-            self.batches += 1
+            self.batches += batches
             self.busy_seconds += seconds
 
 

@@ -1,0 +1,98 @@
+"""Per-device batch sizes: how many calls a GPU worker takes from its queue at once.
+
+joblib has one batch size per ``Parallel`` call, tuned for loky processes (batches of
+0.2 to 2 s). A GPU wants batches big enough to amortise its launch and synchronisation
+overhead — and, with fused launches, as many calls per launch as fit — but small enough
+to fit its free memory. Each GPU therefore has its own :class:`GPUBatchSizer`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+#: Growth stops when doubling the batch no longer cuts the time per call by this factor.
+PLATEAU = 0.9
+#: Fraction of a GPU's free memory one batch's arguments and results may use.
+MEMORY_FRACTION = 0.5
+MIN_START = 8
+
+
+class GPUBatchSizer:
+    """The batch size of one GPU, and the measurements it is chosen from.
+
+    Policy: start from the device's multiprocessor count (at least 8 calls); after each
+    full batch, double the size while the time per call keeps falling by 10 % or more
+    (launch and synchronisation overhead being amortised), then keep the best size seen.
+    Never exceed ``MEMORY_FRACTION`` of the device's free memory, estimated from the
+    bytes each call moves; halve the size on out-of-memory. A fixed size (the user's
+    ``batch_size=<int>``) wins over all of this; ``max_batch_size`` caps it.
+
+    Parameters
+    ----------
+    device : Device
+    max_batch_size : int, optional
+        Upper bound for the automatic size.
+    """
+
+    def __init__(self, device, max_batch_size=None):
+        self.device = device
+        self.max_batch_size = max_batch_size
+        self.fixed = None
+        self.bytes_per_call = 0
+        self._ceiling = None  # set by an out-of-memory error
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        """Forget the measurements (a new ``Parallel`` call may run other kernels)."""
+        self._size = max(MIN_START, self.device.multiprocessor_count or 0)
+        self._per_call = {}  # size -> best seconds per call seen at that size
+        self.settled = False
+
+    @property
+    def size(self):
+        """The number of calls the next batch should hold."""
+        if self.fixed is not None:
+            return self.fixed
+        size = self._size
+        for cap in (self.max_batch_size, self._ceiling, self.memory_cap()):
+            if cap is not None:
+                size = min(size, cap)
+        return max(size, 1)
+
+    def memory_cap(self):
+        """Calls whose bytes fit ``MEMORY_FRACTION`` of free memory, or None if unknown."""
+        free = self.device.memory_free
+        if not self.bytes_per_call or not free:
+            return None
+        return max(int(MEMORY_FRACTION * free // self.bytes_per_call), 1)
+
+    def record(self, n_calls, seconds, bytes_per_call=0):
+        """Account for a batch of ``n_calls`` that took ``seconds`` on the device."""
+        with self._lock:
+            self.bytes_per_call = max(self.bytes_per_call, bytes_per_call)
+            if self.fixed is not None or self.settled or n_calls < self.size:
+                return  # only full batches say anything about the current size
+            size = self.size
+            best = self._per_call.get(size, float("inf"))
+            self._per_call[size] = min(best, seconds / n_calls)
+            previous = self._per_call.get(size // 2)
+            if previous is not None and self._per_call[size] > PLATEAU * previous:
+                self._size = min(self._per_call, key=self._per_call.get)
+                self.settled = True
+            else:
+                self._size = size * 2
+                self.settled = self.size == size  # a cap (memory, max) holds it here
+
+    def out_of_memory(self, n_calls):
+        """A batch of ``n_calls`` did not fit: never try that many again."""
+        with self._lock:
+            self._ceiling = max(n_calls // 2, 1)
+            self._size = min(self._size, self._ceiling)
+
+    def describe(self):
+        """The state, for the dispatch report."""
+        how = ("fixed" if self.fixed is not None else "settled" if self.settled
+               else "growing")
+        return {"batch_size": self.size, "batch_policy": how,
+                "per_call_seconds": dict(sorted(self._per_call.items()))}

@@ -1,0 +1,178 @@
+"""Running a list of calls on one device, fusing the calls of kernels that have a batched
+form into one launch per group of compatible calls, results split back in call order."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+
+import numpy as np
+
+from ._arrays import to_host
+from ._context import array_module
+from ._kernels import Kernel
+from ._utils import warn_user
+
+_SCALARS = (bool, int, float, complex, np.number)
+
+
+class Failure:
+    """A call's exception, kept in its result slot."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error):
+        self.error = error
+
+
+def run_calls(calls, device, keep_on_device=False):
+    """Results of ``calls`` (``(function, args, kwargs)``) on ``device``, in order.
+
+    A call that raised has a :class:`Failure` in its slot. Out-of-memory errors
+    propagate, so that the caller can retry with fewer calls.
+    """
+    kind = "cuda" if device.is_gpu else "cpu"
+    results = [None] * len(calls)
+    for form, positions, arguments in plan(calls, kind):
+        if form is not None:
+            rows = _run_fused(form, arguments, device, keep_on_device)
+            if rows is not None:
+                for position, row in zip(positions, rows):
+                    results[position] = row
+                continue
+        for position in positions:
+            results[position] = run_one(calls[position], device, keep_on_device)
+    return results
+
+
+def plan(calls, kind):
+    """Groups of fusable calls and single calls: ``(form or None, positions, arguments)``.
+
+    Fusable calls share a kernel's batched form for ``kind``, array arguments of equal
+    shape, dtype and type, scalar arguments of equal type, and equal ``same`` values.
+    """
+    groups, order = {}, []
+    for position, (function, args, kwargs) in enumerate(calls):
+        form = function.batched_form(kind) if type(function) is Kernel else None
+        key, arguments = _fusion_key(form, args, kwargs) if form is not None else (None, None)
+        if key is None:
+            order.append((None, [position], None))
+            continue
+        if key not in groups:
+            groups[key] = (form, [], [])
+            order.append(groups[key])
+        groups[key][1].append(position)
+        groups[key][2].append(arguments)
+    # a group of one runs unfused: the reference behaviour, and no stacking to pay for
+    return [(form if len(positions) > 1 else None, positions, arguments)
+            for form, positions, arguments in order]
+
+
+def run_one(call, device, keep_on_device):
+    """One call, unfused; its result (moved to the host) or its :class:`Failure`."""
+    function, args, kwargs = call
+    try:
+        _simulate_launch(device)
+        return to_host(function(*args, **kwargs), device, keep_on_device)
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise
+        add_note(exc, f"raised by {describe(function, args, kwargs)} on {device}")
+        return Failure(exc)
+
+
+def is_out_of_memory(exc):
+    """CuPy's OutOfMemoryError (or a plain MemoryError): retry with fewer calls."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def _fusion_key(form, args, kwargs):
+    try:
+        bound = form.signature.bind(*args, **kwargs)
+    except TypeError:
+        return None, None  # the unfused call raises the right error
+    bound.apply_defaults()
+    key = [id(form)]
+    for name, value in bound.arguments.items():
+        if name in form.same:
+            try:
+                hash(value)
+            except TypeError:
+                return None, None
+            key.append((name, type(value), value))
+        elif hasattr(value, "shape") and hasattr(value, "dtype"):
+            key.append((name, type(value), tuple(value.shape), str(value.dtype)))
+        elif isinstance(value, _SCALARS):
+            key.append((name, type(value)))
+        else:
+            return None, None
+    return tuple(key), bound.arguments
+
+
+def _run_fused(form, arguments, device, keep_on_device):
+    """Rows of one fused launch; None when the batched form failed (run them unfused)."""
+    xp = array_module()
+    first = arguments[0]
+    stacked = {}
+    for name, value in first.items():
+        values = [a[name] for a in arguments]
+        if name in form.same:
+            stacked[name] = value
+        elif hasattr(value, "shape"):
+            stacked[name] = _stack(values, xp)
+        else:
+            stacked[name] = xp.asarray(values)
+    bound = inspect.BoundArguments(form.signature, stacked)
+    try:
+        _simulate_launch(device)
+        out = to_host(form.function(*bound.args, **bound.kwargs), device, keep_on_device)
+        return _split(out, len(arguments))
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise
+        warn_user(f"the batched form of {form.function.__qualname__} raised "
+                  f"{type(exc).__name__}: {exc}; its {len(arguments)} calls ran unfused",
+                  RuntimeWarning)
+        return None
+
+
+def _stack(values, xp):
+    if all(isinstance(v, np.ndarray) for v in values):
+        return xp.asarray(np.stack(values))  # one host-to-device copy for the group
+    return xp.stack([xp.asarray(v) for v in values])
+
+
+def _split(out, n):
+    if isinstance(out, tuple):
+        columns = [_split(part, n) for part in out]
+        return [tuple(column[i] for column in columns) for i in range(n)]
+    if len(out) != n:
+        raise ValueError(f"a batched form returned {len(out)} rows for {n} calls")
+    return list(out)
+
+
+def _simulate_launch(device):
+    latency = getattr(device, "launch_latency", 0.0)
+    if latency:
+        time.sleep(latency)  # like a real launch and sync: the GIL is released
+
+
+def add_note(exc, note):
+    """Attach ``note`` to ``exc`` (``__notes__``, printed with the traceback on 3.11+)."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    else:
+        exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+
+
+def describe(function, args, kwargs):
+    """``name(arg, ..., key=value)`` with long values shortened."""
+    name = getattr(function, "__qualname__", repr(function))
+    shown = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kwargs.items()]
+    return f"{name}({', '.join(shown)})"
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
