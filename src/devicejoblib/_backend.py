@@ -20,9 +20,9 @@ from joblib._parallel_backends import (
 from joblib.parallel import BatchedCalls, get_active_backend
 
 from ._arrays import device_array_types, holds_any
-from ._batching import GPUBatchSizer
+from ._batching import DispatchBatchSizer, GPUBatchSizer
 from ._devices import cpu_device, parse_devices
-from ._fusion import Failure, is_out_of_memory, run_calls
+from ._fusion import Failure, has_batched_form, is_out_of_memory, run_calls
 from ._kernels import Kernel
 from ._routing import Router
 from ._safe_import import cpu_count
@@ -87,6 +87,7 @@ class DeviceBackend(ParallelBackendBase):
             execute = functools.partial(_execute_gpu, device, keep_on_device, sizer)
             self.workers[device.id] = GPUWorker(device, execute, sizer, keep_on_device)
         self._gpu_bound = False  # whether the last batch went to GPUs only
+        self._dispatch_sizer = DispatchBatchSizer(max_batch_size)
         self._cpu = {}  # executor kind -> (submit, shutdown, abort)
         self._cpu_stats = {_PROCESS: [0, 0, 0.0], _THREAD: [0, 0, 0.0]}
         self._stats_lock = threading.Lock()
@@ -127,7 +128,8 @@ class DeviceBackend(ParallelBackendBase):
         """joblib's batch size: the GPUs' while the calls go to GPUs, else joblib's auto
         policy for loky (fed with the CPU parts' durations only)."""
         if self._gpu_bound:
-            return min(worker.sizer.size for worker in self.workers.values())
+            return self._dispatch_sizer.compute(
+                min(worker.sizer.size for worker in self.workers.values()))
         size = self._batching.compute_batch_size()
         return size if self.max_batch_size is None else min(size, self.max_batch_size)
 
@@ -168,6 +170,7 @@ class DeviceBackend(ParallelBackendBase):
         self._batching.reset_batch_stats()
         for worker in self.workers.values():
             worker.sizer.reset()
+        self._dispatch_sizer.reset()
         self._gpu_bound = False
         # Break the backend <-> Parallel cycle so that, once the caller drops both, the
         # backend is freed at once and its finalizer joins the GPU threads.
@@ -262,9 +265,12 @@ class DeviceBackend(ParallelBackendBase):
         worker = self.workers.get(target)
         if worker is not None:
             outcome = _Outcome()
+            started, whole = time.perf_counter(), len(batch)
 
             def done(result, error):
                 outcome.value, outcome.error = result, error
+                if self._gpu_bound:
+                    self._dispatch_sizer.completed(whole, time.perf_counter() - started)
                 if callback is not None:
                     self._callbacks.call(callback, outcome)
 
@@ -313,37 +319,48 @@ class DeviceBackend(ParallelBackendBase):
 
 
 class _GPUTask:
-    """The part of a joblib batch that one GPU runs; tasks with the same ``config``
-    (joblib's nested backend) may run together."""
+    """The part of a joblib batch that one GPU runs. Fusable tasks (some kernel has a
+    batched form) with the same ``config`` (joblib's nested backend) may run together."""
 
-    __slots__ = ("config", "items", "n_calls")
+    __slots__ = ("config", "fusable", "items", "n_calls")
 
     def __init__(self, batch):
         self.items = batch.items
         self.n_calls = len(batch.items)
         self.config = (batch._backend, batch._n_jobs)
+        self.fusable = has_batched_form(batch.items, "cuda")
 
 
 def _execute_gpu(device, keep_on_device, sizer, tasks):
     """Run tasks on the calling GPU worker: their calls together, fused where kernels
-    allow; one ``(results, error)`` per task and the bytes each call moved."""
+    allow (at most the sizer's batch size per launch); one ``(results, error)`` per task
+    and the bytes each call moved."""
     backend, n_jobs = tasks[0].config
-    calls = [call for task in tasks for call in task.items]
+    calls = tasks[0].items if len(tasks) == 1 else [c for task in tasks for c in task.items]
+    stats = {}
     with parallel_config(backend=backend, n_jobs=n_jobs):
-        results = _run_fitting(calls, device, keep_on_device, sizer)
+        results = _run_fitting(calls, device, keep_on_device, sizer, stats)
+    if len(tasks) == 1:
+        return [_outcome(results)], stats.get("bytes_per_call", 0)
     outcomes, start = [], 0
     for task in tasks:
-        part = results[start:start + task.n_calls]
+        outcomes.append(_outcome(results[start:start + task.n_calls]))
         start += task.n_calls
-        failure = next((r for r in part if isinstance(r, Failure)), None)
-        outcomes.append((None, failure.error) if failure else (part, None))
-    return outcomes, _bytes_per_call(calls, results)
+    return outcomes, stats.get("bytes_per_call", 0)
 
 
-def _run_fitting(calls, device, keep_on_device, sizer):
+def _outcome(results):
+    """``(results, None)``, or ``(None, error)`` for the first call that failed."""
+    for result in results:
+        if type(result) is Failure:
+            return None, result.error
+    return results, None
+
+
+def _run_fitting(calls, device, keep_on_device, sizer, stats):
     """run_calls, halving the calls after an out-of-memory error until they fit."""
     try:
-        return run_calls(calls, device, keep_on_device)
+        return run_calls(calls, device, keep_on_device, sizer.size, stats)
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
@@ -352,21 +369,14 @@ def _run_fitting(calls, device, keep_on_device, sizer):
         if len(calls) == 1:
             return [Failure(exc)]
         half = len(calls) // 2
-        return (_run_fitting(calls[:half], device, keep_on_device, sizer)
-                + _run_fitting(calls[half:], device, keep_on_device, sizer))
+        return (_run_fitting(calls[:half], device, keep_on_device, sizer, stats)
+                + _run_fitting(calls[half:], device, keep_on_device, sizer, stats))
 
 
 def _free_cached_memory():
     cupy = sys.modules.get("cupy")
     if cupy is not None:
         cupy.get_default_memory_pool().free_all_blocks()
-
-
-def _bytes_per_call(calls, results):
-    total = sum(getattr(v, "nbytes", 0) for _, args, kwargs in calls
-                for v in (*args, *kwargs.values()))
-    total += sum(getattr(r, "nbytes", 0) for r in results)
-    return total // max(len(calls), 1)
 
 
 class _FusedCPUBatch:

@@ -69,9 +69,12 @@ class GPUBatchSizer:
 
     def record(self, n_calls, seconds, bytes_per_call=0):
         """Account for a batch of ``n_calls`` that took ``seconds`` on the device."""
+        if bytes_per_call > self.bytes_per_call:
+            self.bytes_per_call = bytes_per_call
+        if self.fixed is not None or self.settled:
+            return
         with self._lock:
-            self.bytes_per_call = max(self.bytes_per_call, bytes_per_call)
-            if self.fixed is not None or self.settled or n_calls < self.size:
+            if n_calls < self.size:
                 return  # only full batches say anything about the current size
             size = self.size
             best = self._per_call.get(size, float("inf"))
@@ -96,3 +99,38 @@ class GPUBatchSizer:
                else "growing")
         return {"batch_size": self.size, "batch_policy": how,
                 "per_call_seconds": dict(sorted(self._per_call.items()))}
+
+
+class DispatchBatchSizer:
+    """joblib's batch size while calls go to GPUs: how many calls joblib hands over at
+    once, so that its per-batch cost (~50-100 us of Python in the caller) is amortised.
+
+    Doubles while a batch takes less than ``target`` seconds from dispatch to completion
+    and halves above ten times that; starts from the GPUs' own batch size. Separate from
+    :class:`GPUBatchSizer`, which sizes launches: a GPU worker splits a big joblib batch
+    into launches of its own size, and takes several small ones together.
+    """
+
+    target = 0.05
+
+    def __init__(self, max_batch_size=None):
+        self.max_batch_size = max_batch_size
+        self.reset()
+
+    def reset(self):
+        self.size = None
+
+    def compute(self, gpu_size):
+        """The batch size to hand joblib, given the GPUs' current launch size."""
+        size = max(self.size or 0, gpu_size)
+        return size if self.max_batch_size is None else min(size, self.max_batch_size)
+
+    def completed(self, n_calls, seconds):
+        """A GPU-bound batch of ``n_calls`` took ``seconds`` from dispatch to completion."""
+        size = self.size or n_calls
+        if n_calls < size:
+            return
+        if seconds < self.target:
+            self.size = n_calls * 2
+        elif seconds > 10 * self.target:
+            self.size = max(n_calls // 2, 1)

@@ -26,17 +26,21 @@ class Failure:
         self.error = error
 
 
-def run_calls(calls, device, keep_on_device=False):
+def run_calls(calls, device, keep_on_device=False, max_fused=None, stats=None):
     """Results of ``calls`` (``(function, args, kwargs)``) on ``device``, in order.
 
-    A call that raised has a :class:`Failure` in its slot. Out-of-memory errors
-    propagate, so that the caller can retry with fewer calls.
+    At most ``max_fused`` calls go into one fused launch. A call that raised has a
+    :class:`Failure` in its slot. Out-of-memory errors propagate, so that the caller
+    can retry with fewer calls. ``stats["bytes_per_call"]``, when given, receives the
+    most bytes a fused call moved (stacked arguments and results).
     """
     kind = "cuda" if device.is_gpu else "cpu"
+    if not has_batched_form(calls, kind):
+        return [run_one(call, device, keep_on_device) for call in calls]
     results = [None] * len(calls)
-    for form, positions, arguments in plan(calls, kind):
+    for form, positions, arguments in plan(calls, kind, max_fused):
         if form is not None:
-            rows = _run_fused(form, arguments, device, keep_on_device)
+            rows = _run_fused(form, arguments, device, keep_on_device, stats)
             if rows is not None:
                 for position, row in zip(positions, rows):
                     results[position] = row
@@ -46,11 +50,20 @@ def run_calls(calls, device, keep_on_device=False):
     return results
 
 
-def plan(calls, kind):
+def has_batched_form(calls, kind):
+    """Whether a kernel among ``calls`` has a batched form for ``kind``."""
+    for function, _, _ in calls:
+        if type(function) is Kernel and function.batched_form(kind) is not None:
+            return True
+    return False
+
+
+def plan(calls, kind, max_fused=None):
     """Groups of fusable calls and single calls: ``(form or None, positions, arguments)``.
 
     Fusable calls share a kernel's batched form for ``kind``, array arguments of equal
     shape, dtype and type, scalar arguments of equal type, and equal ``same`` values.
+    A group holds at most ``max_fused`` calls.
     """
     groups, order = {}, []
     for position, (function, args, kwargs) in enumerate(calls):
@@ -59,7 +72,7 @@ def plan(calls, kind):
         if key is None:
             order.append((None, [position], None))
             continue
-        if key not in groups:
+        if key not in groups or len(groups[key][1]) == max_fused:
             groups[key] = (form, [], [])
             order.append(groups[key])
         groups[key][1].append(position)
@@ -73,7 +86,8 @@ def run_one(call, device, keep_on_device):
     """One call, unfused; its result (moved to the host) or its :class:`Failure`."""
     function, args, kwargs = call
     try:
-        _simulate_launch(device)
+        if device.launch_latency:
+            _simulate_launch(device)
         return to_host(function(*args, **kwargs), device, keep_on_device)
     except Exception as exc:
         if is_out_of_memory(exc):
@@ -110,7 +124,7 @@ def _fusion_key(form, args, kwargs):
     return tuple(key), bound.arguments
 
 
-def _run_fused(form, arguments, device, keep_on_device):
+def _run_fused(form, arguments, device, keep_on_device, stats):
     """Rows of one fused launch; None when the batched form failed (run them unfused)."""
     xp = array_module()
     first = arguments[0]
@@ -126,8 +140,12 @@ def _run_fused(form, arguments, device, keep_on_device):
     bound = inspect.BoundArguments(form.signature, stacked)
     try:
         _simulate_launch(device)
-        out = to_host(form.function(*bound.args, **bound.kwargs), device, keep_on_device)
-        return _split(out, len(arguments))
+        out = form.function(*bound.args, **bound.kwargs)
+        if stats is not None:
+            moved = sum(getattr(v, "nbytes", 0) for v in (*stacked.values(), *_parts(out)))
+            stats["bytes_per_call"] = max(stats.get("bytes_per_call", 0),
+                                          moved // len(arguments))
+        return _split(to_host(out, device, keep_on_device), len(arguments))
     except Exception as exc:
         if is_out_of_memory(exc):
             raise
@@ -143,6 +161,10 @@ def _stack(values, xp):
     return xp.stack([xp.asarray(v) for v in values])
 
 
+def _parts(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
 def _split(out, n):
     if isinstance(out, tuple):
         columns = [_split(part, n) for part in out]
@@ -153,9 +175,8 @@ def _split(out, n):
 
 
 def _simulate_launch(device):
-    latency = getattr(device, "launch_latency", 0.0)
-    if latency:
-        time.sleep(latency)  # like a real launch and sync: the GIL is released
+    if device.launch_latency:
+        time.sleep(device.launch_latency)  # like a real launch and sync: GIL released
 
 
 def add_note(exc, note):

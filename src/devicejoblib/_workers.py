@@ -18,9 +18,10 @@ _STOP = object()
 class GPUWorker:
     """The worker thread of one GPU: binds itself to the device, then runs tasks.
 
-    A task is a part of a joblib batch: an object with a ``config`` (tasks run
-    together only when their configs are equal) and ``n_calls``. The worker takes
-    queued tasks together up to its sizer's batch size, runs them with one
+    A task is a part of a joblib batch: an object with ``n_calls``, ``fusable`` and a
+    ``config``. The worker takes queued fusable tasks with equal configs together, up
+    to its sizer's batch size (other tasks run alone: taking them together would only
+    delay their callbacks), runs them with one
     ``execute(tasks) -> (outcomes, bytes_per_call)`` and one synchronisation, and fires
     each task's ``done(result, error)`` exactly once, whether it succeeded, failed or
     was cancelled.
@@ -122,13 +123,16 @@ class GPUWorker:
         first, self._held = self._held or self._queue.get(), None
         if first is _STOP:
             return None
-        group, n_calls, limit = [first], first[0].n_calls, self.sizer.size
+        group, n_calls = [first], first[0].n_calls
+        if not first[0].fusable:
+            return group
+        limit = self.sizer.size
         while n_calls < limit:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is _STOP or item[0].config != first[0].config:
+            if item is _STOP or not item[0].fusable or item[0].config != first[0].config:
                 self._held = item
                 break
             group.append(item)
