@@ -76,3 +76,86 @@ def plain_where(tag):
 
 def plain_add(a, b):
     return np.add(a, b)
+
+
+# --- kernels with batched forms (fusion) ------------------------------------------------
+
+#: (form, number of calls) per batched launch, appended by the batched forms below.
+LAUNCHES = []
+
+
+def _iterate(x, r, steps):
+    for _ in range(steps):
+        x = r * x * (1 - x)
+    return x
+
+
+@kernel
+def logistic(x0, r, steps=50):
+    """Iterate the logistic map: Python-level work per call."""
+    return _iterate(x0, r, steps)
+
+
+@logistic.cuda
+def _(x0, r, steps=50):
+    return _iterate(x0, r, steps)
+
+
+@logistic.batched(same=("steps",))
+def _(x0, r, steps=50):
+    LAUNCHES.append(("logistic", len(x0)))
+    return _iterate(x0, r, steps)
+
+
+@kernel(portable=True)
+def saxpy(a, x, y):
+    return a * x + y
+
+
+@saxpy.batched
+def _(a, x, y):
+    LAUNCHES.append(("saxpy", len(a)))
+    return a.reshape(-1, *[1] * (x.ndim - 1)) * x + y  # one scale per stacked call
+
+
+@kernel(portable=True)
+def moments(x):
+    """Two results per call: a tuple."""
+    return x.sum(), (x * x).sum()
+
+
+@moments.batched(device="cuda")
+def _(x):
+    LAUNCHES.append(("moments", len(x)))
+    return x.sum(axis=1), (x * x).sum(axis=1)
+
+
+@kernel(portable=True)
+def checked_sqrt(x):
+    if x < 0:
+        raise ValueError(f"negative input {x}")
+    return x**0.5
+
+
+@checked_sqrt.batched
+def _(x):
+    LAUNCHES.append(("checked_sqrt", len(x)))
+    if (x < 0).any():
+        raise ValueError("a negative input in the batch")
+    return x**0.5
+
+
+MAX_FUSED_BEFORE_OOM = 12
+
+
+@kernel(portable=True)
+def big(x):
+    return x * 3
+
+
+@big.batched
+def _(x):
+    if len(x) > MAX_FUSED_BEFORE_OOM:
+        raise MemoryError(f"{len(x)} calls do not fit")
+    LAUNCHES.append(("big", len(x)))
+    return x * 3

@@ -168,8 +168,8 @@ class DeviceBackend(ParallelBackendBase):
             shutdown()
         self._cpu.clear()
         self._batching.reset_batch_stats()
-        for worker in self.workers.values():
-            worker.sizer.reset()
+        # GPU sizers keep what they learnt: the next call inside parallel_config starts
+        # from it, and report() still shows it after this call.
         self._dispatch_sizer.reset()
         self._gpu_bound = False
         # Break the backend <-> Parallel cycle so that, once the caller drops both, the

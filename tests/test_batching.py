@@ -1,0 +1,87 @@
+"""The batch-size policies on their own, without workers."""
+
+import pytest
+
+from devicejoblib import Device
+from devicejoblib._batching import MEMORY_FRACTION, MIN_START, DispatchBatchSizer, GPUBatchSizer
+
+
+def gpu(sms=4, free=2**30):
+    return Device("cuda", 0, multiprocessor_count=sms, memory_total=free, memory_free=free)
+
+
+def feed(sizer, per_call):
+    """Record one full batch at the current size with ``per_call(size)`` seconds per call."""
+    size = sizer.size
+    sizer.record(size, per_call(size) * size)
+    return size
+
+
+@pytest.mark.parametrize("sms, start", [(None, MIN_START), (4, MIN_START), (132, 132)])
+def test_starts_from_the_multiprocessor_count(sms, start):
+    assert GPUBatchSizer(gpu(sms)).size == start
+
+
+def test_grows_while_time_per_call_falls_then_keeps_the_best():
+    sizer = GPUBatchSizer(gpu())
+    # launch overhead of 1 ms amortised over the batch, plus 10 us of work per call:
+    # doubling stops paying (< 10 % better) once the overhead per call is small
+    sizes = [feed(sizer, lambda n: 1e-3 / n + 1e-5) for _ in range(12)]
+    assert sizes[:4] == [8, 16, 32, 64]
+    assert sizer.settled
+    best = min(sizer.describe()["per_call_seconds"].items(), key=lambda kv: kv[1])[0]
+    assert sizer.size == best and 256 <= best <= 1024
+
+
+def test_flat_time_per_call_settles_at_once():
+    sizer = GPUBatchSizer(gpu())
+    feed(sizer, lambda n: 1e-5)
+    feed(sizer, lambda n: 1e-5)
+    assert sizer.settled and sizer.size == MIN_START
+
+
+def test_partial_batches_say_nothing():
+    sizer = GPUBatchSizer(gpu())
+    sizer.record(3, 1.0)
+    assert sizer.size == MIN_START and not sizer.describe()["per_call_seconds"]
+
+
+def test_memory_budget_caps_the_size():
+    sizer = GPUBatchSizer(gpu(free=2**20))
+    sizer.record(1, 1e-3, bytes_per_call=2**16)
+    assert sizer.memory_cap() == int(MEMORY_FRACTION * 2**20 // 2**16) == 8
+    for _ in range(5):
+        feed(sizer, lambda n: 1e-3 / n)
+    assert sizer.size == 8 and sizer.settled
+
+
+def test_out_of_memory_halves_and_sets_a_ceiling():
+    sizer = GPUBatchSizer(gpu())
+    for _ in range(4):
+        feed(sizer, lambda n: 1e-3 / n)
+    sizer.out_of_memory(64)
+    assert sizer.size == 32
+    sizer.settled = False
+    feed(sizer, lambda n: 1e-3 / n)
+    assert sizer.size <= 32
+
+
+def test_fixed_size_wins_and_max_caps():
+    sizer = GPUBatchSizer(gpu(), max_batch_size=20)
+    for _ in range(4):
+        feed(sizer, lambda n: 1e-3 / n)
+    assert sizer.size == 20 and sizer.settled  # held at the cap
+    sizer.fixed = 100
+    assert sizer.size == 100 and sizer.describe()["batch_policy"] == "fixed"
+
+
+def test_dispatch_sizer_doubles_below_target_halves_far_above():
+    sizer = DispatchBatchSizer()
+    assert sizer.compute(gpu_size=8) == 8
+    sizer.completed(8, 0.001)
+    assert sizer.compute(8) == 16
+    sizer.completed(16, 0.001)
+    assert sizer.compute(8) == 32
+    sizer.completed(32, 10 * DispatchBatchSizer.target + 1)
+    assert sizer.compute(8) == 16
+    assert DispatchBatchSizer(max_batch_size=10).compute(64) == 10
