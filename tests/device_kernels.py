@@ -82,6 +82,8 @@ def plain_add(a, b):
 
 #: (form, number of calls) per batched launch, appended by the batched forms below.
 LAUNCHES = []
+#: The ``steps`` each fused logistic launch received (a ``same`` parameter: unstacked).
+STEPS_SEEN = []
 
 
 def _iterate(x, r, steps):
@@ -104,6 +106,7 @@ def _(x0, r, steps=50):
 @logistic.batched(same=("steps",))
 def _(x0, r, steps=50):
     LAUNCHES.append(("logistic", len(x0)))
+    STEPS_SEEN.append(steps)
     return _iterate(x0, r, steps)
 
 

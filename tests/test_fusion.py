@@ -17,6 +17,7 @@ pytestmark = pytest.mark.skipif(not devicejoblib.USE_JOBLIB, reason="needs jobli
 @pytest.fixture(autouse=True)
 def on_gpus(gpus):
     dk.LAUNCHES.clear()
+    dk.STEPS_SEEN.clear()
     return gpus
 
 
@@ -39,10 +40,14 @@ def test_many_small_calls_fuse_into_few_launches():
 
 
 def test_unequal_same_parameters_are_not_fused():
-    calls = [delayed(dk.logistic)(0.2, 3.5, steps=s) for s in (10, 20) * 30]
-    out = run(calls)
-    assert out == [dk.logistic(0.2, 3.5, steps=s) for s in (10, 20) * 30]
-    assert sum(launches("logistic")) + 0 <= 60
+    calls = [delayed(dk.logistic)(0.2 + i / 1e4, 3.5, steps=s)
+             for i, s in enumerate((10, 20) * 300)]
+    out = run(calls, batch_size=30)
+    assert out == [dk.logistic(0.2 + i / 1e4, 3.5, steps=s)
+                   for i, s in enumerate((10, 20) * 300)]
+    # each launch received one plain `steps` value: calls with 10 and 20 never mixed
+    assert dk.STEPS_SEEN and all(type(s) is int for s in dk.STEPS_SEEN)
+    assert set(dk.STEPS_SEEN) == {10, 20}
 
 
 def test_tuple_results_split_per_call(gpus):
