@@ -3,7 +3,13 @@
 import pytest
 
 from devicejoblib import Device
-from devicejoblib._batching import MEMORY_FRACTION, MIN_START, DispatchBatchSizer, GPUBatchSizer
+from devicejoblib._batching import (
+    MEMORY_FRACTION,
+    MIN_START,
+    SAMPLES,
+    DispatchBatchSizer,
+    GPUBatchSizer,
+)
 
 
 def gpu(sms=4, free=2**30):
@@ -11,9 +17,11 @@ def gpu(sms=4, free=2**30):
 
 
 def feed(sizer, per_call):
-    """Record one full batch at the current size with ``per_call(size)`` seconds per call."""
+    """Record full batches at the current size (as many as the policy wants before it
+    decides) with ``per_call(size)`` seconds per call; the size they were recorded at."""
     size = sizer.size
-    sizer.record(size, per_call(size) * size)
+    for _ in range(SAMPLES):
+        sizer.record(size, per_call(size) * size)
     return size
 
 
@@ -38,6 +46,14 @@ def test_flat_time_per_call_settles_at_once():
     feed(sizer, lambda n: 1e-5)
     feed(sizer, lambda n: 1e-5)
     assert sizer.settled and sizer.size == MIN_START
+
+
+def test_one_slow_sample_does_not_stop_growth():
+    sizer = GPUBatchSizer(gpu())
+    feed(sizer, lambda n: 1e-3 / n)
+    sizer.record(16, 1.0)  # another thread held the GIL
+    sizer.record(16, 1e-3)
+    assert not sizer.settled and sizer.size == 32
 
 
 def test_partial_batches_say_nothing():

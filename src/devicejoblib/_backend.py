@@ -333,20 +333,21 @@ class _GPUTask:
 
 def _execute_gpu(device, keep_on_device, sizer, tasks):
     """Run tasks on the calling GPU worker: their calls together, fused where kernels
-    allow (at most the sizer's batch size per launch); one ``(results, error)`` per task
-    and the bytes each call moved."""
+    allow (at most the sizer's batch size per launch); one ``(results, error)`` per task,
+    the bytes each call moved and the ``(calls, seconds)`` of each fused launch."""
     backend, n_jobs = tasks[0].config
     calls = tasks[0].items if len(tasks) == 1 else [c for task in tasks for c in task.items]
     stats = {}
     with parallel_config(backend=backend, n_jobs=n_jobs):
         results = _run_fitting(calls, device, keep_on_device, sizer, stats)
+    measured = stats.get("bytes_per_call", 0), stats.get("launches", [])
     if len(tasks) == 1:
-        return [_outcome(results)], stats.get("bytes_per_call", 0)
+        return [_outcome(results)], *measured
     outcomes, start = [], 0
     for task in tasks:
         outcomes.append(_outcome(results[start:start + task.n_calls]))
         start += task.n_calls
-    return outcomes, stats.get("bytes_per_call", 0)
+    return outcomes, *measured
 
 
 def _outcome(results):

@@ -15,13 +15,17 @@ PLATEAU = 0.9
 #: Fraction of a GPU's free memory one batch's arguments and results may use.
 MEMORY_FRACTION = 0.5
 MIN_START = 8
+#: Full batches measured at a size before deciding whether doubling paid (the best
+#: counts: one slow sample, e.g. another thread holding the GIL, must not stop growth).
+SAMPLES = 2
 
 
 class GPUBatchSizer:
     """The batch size of one GPU, and the measurements it is chosen from.
 
-    Policy: start from the device's multiprocessor count (at least 8 calls); after each
-    full batch, double the size while the time per call keeps falling by 10 % or more
+    Policy: start from the device's multiprocessor count (at least 8 calls); after
+    ``SAMPLES`` full batches at a size, double it while the time per call keeps falling
+    by 10 % or more
     (launch and synchronisation overhead being amortised), then keep the best size seen.
     Never exceed ``MEMORY_FRACTION`` of the device's free memory, estimated from the
     bytes each call moves; halve the size on out-of-memory. A fixed size (the user's
@@ -47,6 +51,7 @@ class GPUBatchSizer:
         """Forget the measurements (a new ``Parallel`` call may run other kernels)."""
         self._size = max(MIN_START, self.device.multiprocessor_count or 0)
         self._per_call = {}  # size -> best seconds per call seen at that size
+        self._samples = {}  # size -> full batches measured at that size
         self.settled = False
 
     @property
@@ -79,6 +84,9 @@ class GPUBatchSizer:
             size = self.size
             best = self._per_call.get(size, float("inf"))
             self._per_call[size] = min(best, seconds / n_calls)
+            self._samples[size] = self._samples.get(size, 0) + 1
+            if self._samples[size] < SAMPLES:
+                return
             previous = self._per_call.get(size // 2)
             if previous is not None and self._per_call[size] > PLATEAU * previous:
                 self._size = min(self._per_call, key=self._per_call.get)

@@ -31,8 +31,10 @@ def run_calls(calls, device, keep_on_device=False, max_fused=None, stats=None):
 
     At most ``max_fused`` calls go into one fused launch. A call that raised has a
     :class:`Failure` in its slot. Out-of-memory errors propagate, so that the caller
-    can retry with fewer calls. ``stats["bytes_per_call"]``, when given, receives the
-    most bytes a fused call moved (stacked arguments and results).
+    can retry with fewer calls. ``stats``, when given, receives
+    ``"bytes_per_call"`` (the most bytes a fused call moved: stacked arguments and
+    results) and ``"launches"``: ``(calls, seconds)`` of each fused launch, results on
+    the host included.
     """
     kind = "cuda" if device.is_gpu else "cpu"
     if not has_batched_form(calls, kind):
@@ -139,13 +141,17 @@ def _run_fused(form, arguments, device, keep_on_device, stats):
             stacked[name] = xp.asarray(values)
     bound = inspect.BoundArguments(form.signature, stacked)
     try:
+        start = time.perf_counter()
         _simulate_launch(device)
         out = form.function(*bound.args, **bound.kwargs)
+        rows = _split(to_host(out, device, keep_on_device), len(arguments))
         if stats is not None:
             moved = sum(getattr(v, "nbytes", 0) for v in (*stacked.values(), *_parts(out)))
             stats["bytes_per_call"] = max(stats.get("bytes_per_call", 0),
                                           moved // len(arguments))
-        return _split(to_host(out, device, keep_on_device), len(arguments))
+            stats.setdefault("launches", []).append(
+                (len(arguments), time.perf_counter() - start))
+        return rows
     except Exception as exc:
         if is_out_of_memory(exc):
             raise

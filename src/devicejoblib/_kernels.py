@@ -65,7 +65,9 @@ class Kernel:
 
     @property
     def has_gpu(self):
-        return self._cuda is not None
+        """A GPU implementation, or a batched form for GPUs (single calls then run the
+        CPU implementation on the GPU's worker)."""
+        return self._cuda is not None or "cuda" in self._batched
 
     def cuda(self, function):
         """Decorator: register ``function`` as the GPU implementation; returns the kernel."""

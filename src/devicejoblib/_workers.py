@@ -21,17 +21,16 @@ class GPUWorker:
     A task is a part of a joblib batch: an object with ``n_calls``, ``fusable`` and a
     ``config``. The worker takes queued fusable tasks with equal configs together, up
     to its sizer's batch size (other tasks run alone: taking them together would only
-    delay their callbacks), runs them with one
-    ``execute(tasks) -> (outcomes, bytes_per_call)`` and one synchronisation, and fires
-    each task's ``done(result, error)`` exactly once, whether it succeeded, failed or
-    was cancelled.
+    delay their callbacks), runs them with one ``execute(tasks)`` and one
+    synchronisation, tells the sizer how long the launches took, and fires each task's
+    ``done(result, error)`` exactly once, whether it succeeded, failed or was cancelled.
 
     Parameters
     ----------
     device : Device
     execute : callable
-        Runs a list of tasks on this thread; returns one ``(result, error)`` per task
-        and the bytes each call moved.
+        Runs a list of tasks on this thread; returns one ``(result, error)`` per task,
+        the bytes each call moved, and ``(calls, seconds)`` per fused launch.
     sizer : GPUBatchSizer
         Decides how many calls to take at once; told how long each batch took.
     keep_on_device : bool
@@ -108,12 +107,14 @@ class GPUWorker:
         try:
             if bind_error is not None:
                 raise bind_error
-            outcomes, bytes_per_call = self._execute(tasks)
+            outcomes, bytes_per_call, launches = self._execute(tasks)
             sync()
         except BaseException as exc:  # handed to the caller through `done`
-            outcomes, bytes_per_call = [(None, exc)] * len(group), 0
+            outcomes, bytes_per_call, launches = [(None, exc)] * len(group), 0, []
         seconds = time.perf_counter() - start
-        self.sizer.record(n_calls, seconds, bytes_per_call)
+        # fused launches say how the launch size pays; without any, the whole batch does
+        for calls, launch_seconds in launches or [(n_calls, seconds)]:
+            self.sizer.record(calls, launch_seconds, bytes_per_call)
         self._account(n_calls, 1, seconds)
         for (_, done), (result, error) in zip(group, outcomes):
             done(result, error)
