@@ -11,6 +11,7 @@ from concurrent.futures import CancelledError
 
 from ._context import bind_thread
 from ._errors import DeviceUnavailableError
+from ._fusion import launch_clock
 
 _STOP = object()
 
@@ -103,7 +104,8 @@ class GPUWorker:
     def _run_group(self, group, sync, bind_error):
         tasks = [task for task, _ in group]
         n_calls = sum(task.n_calls for task in tasks)
-        start = time.perf_counter()
+        start, clock = time.perf_counter(), launch_clock(self.device)
+        work_start = clock()
         try:
             if bind_error is not None:
                 raise bind_error
@@ -113,7 +115,8 @@ class GPUWorker:
             outcomes, bytes_per_call, launches = [(None, exc)] * len(group), 0, []
         seconds = time.perf_counter() - start
         # fused launches say how the launch size pays; without any, the whole batch does
-        for calls, launch_seconds in launches or [(n_calls, seconds)]:
+        whole = (n_calls, clock() - work_start + self.device.launch_latency)
+        for calls, launch_seconds in launches or [whole]:
             self.sizer.record(calls, launch_seconds, bytes_per_call)
         self._account(n_calls, 1, seconds)
         for (_, done), (result, error) in zip(group, outcomes):
