@@ -12,11 +12,11 @@ export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 { nvidia-smi; python -m devicejoblib info; } > "$logs/info.txt" 2>&1
 python -m pytest -m "gpu or not slow" -p no:cacheprovider > "$logs/pytest.txt" 2>&1
 tests=$?
-for bench in bench_import bench_dispatch; do
+for bench in bench_import bench_dispatch bench_fusion; do
     python "benchmarks/$bench.py" > "$logs/$bench.txt" 2>&1
 done
 
 echo "== devices"; sed -n '/^device /,/^$/p' "$logs/info.txt"
 echo "== pytest (exit $tests)"; tail -n 3 "$logs/pytest.txt"
-for bench in bench_import bench_dispatch; do echo "== $bench"; cat "$logs/$bench.txt"; done
+for bench in bench_import bench_dispatch bench_fusion; do echo "== $bench"; cat "$logs/$bench.txt"; done
 exit "$tests"

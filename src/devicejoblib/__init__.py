@@ -12,6 +12,7 @@ from ._devices import (
     DEVICE_KINDS,
     MAX_SIMULATED_GPUS,
     SIMULATE_GPUS_ENV,
+    SIMULATED_LATENCY_ENV,
     SIMULATED_MEMORY_ENV,
     Device,
     devices,
@@ -54,6 +55,7 @@ if USE_JOBLIB:
 __all__ = [
     "DEVICE_KINDS",
     "MAX_SIMULATED_GPUS",
+    "SIMULATED_LATENCY_ENV",
     "SIMULATED_MEMORY_ENV",
     "SIMULATE_GPUS_ENV",
     "USE_JOBLIB",
