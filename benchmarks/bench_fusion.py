@@ -108,9 +108,11 @@ def main():
             print(f"{'contender':<24}{'seconds':>9}{'x limit':>9}{'speed-up vs threading':>23}")
             for label, seconds in medians.items():
                 print(f"{label:<24}{seconds:9.3f}{seconds / best:9.2f}{base / seconds:23.2f}")
-            fused = runs["device, fused"].report
-            sizes = {d: (r.get("batch_size"), r.get("batch_policy")) for d, r in fused.items()}
-            print(f"launch sizes (fused): {sizes}")
+            for device, r in runs["device, fused"].report.items():
+                curve = ", ".join(f"{size}: {s * 1e6:.0f}"
+                                  for size, s in r["per_call_seconds"].items())
+                print(f"{device}: launch size {r['batch_size']} ({r['batch_policy']}); "
+                      f"us per call by launch size: {curve}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ import threading
 
 #: Growth stops when doubling the batch no longer cuts the time per call by this factor.
 PLATEAU = 0.9
+#: Below this factor (overhead still dominates: time per call nearly halved), the size
+#: quadruples instead of doubling, so that the ramp costs fewer small launches.
+STEEP = 0.6
 #: Fraction of a GPU's free memory one batch's arguments and results may use.
 MEMORY_FRACTION = 0.5
 MIN_START = 8
@@ -25,8 +28,8 @@ class GPUBatchSizer:
 
     Policy: start from the device's multiprocessor count (at least 8 calls); after
     ``SAMPLES`` full batches at a size, double it while the time per call keeps falling
-    by 10 % or more
-    (launch and synchronisation overhead being amortised), then keep the best size seen.
+    by 10 % or more (launch and synchronisation overhead being amortised; quadruple it
+    while the time per call nearly halves), then keep the best size seen.
     Never exceed ``MEMORY_FRACTION`` of the device's free memory, estimated from the
     bytes each call moves; halve the size on out-of-memory. A fixed size (the user's
     ``batch_size=<int>``) wins over all of this; ``max_batch_size`` caps it.
@@ -52,6 +55,7 @@ class GPUBatchSizer:
         self._size = max(MIN_START, self.device.multiprocessor_count or 0)
         self._per_call = {}  # size -> best seconds per call seen at that size
         self._samples = {}  # size -> full batches measured at that size
+        self._previous_size = None
         self.settled = False
 
     @property
@@ -87,12 +91,14 @@ class GPUBatchSizer:
             self._samples[size] = self._samples.get(size, 0) + 1
             if self._samples[size] < SAMPLES:
                 return
-            previous = self._per_call.get(size // 2)
-            if previous is not None and self._per_call[size] > PLATEAU * previous:
+            previous = self._per_call.get(self._previous_size)
+            gain = None if previous is None else self._per_call[size] / previous
+            if gain is not None and gain > PLATEAU:
                 self._size = min(self._per_call, key=self._per_call.get)
                 self.settled = True
             else:
-                self._size = size * 2
+                self._previous_size = size
+                self._size = size * (4 if gain is not None and gain < STEEP else 2)
                 self.settled = self.size == size  # a cap (memory, max) holds it here
 
     def out_of_memory(self, n_calls):

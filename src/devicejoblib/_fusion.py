@@ -104,26 +104,30 @@ def is_out_of_memory(exc):
 
 
 def _fusion_key(form, args, kwargs):
-    try:
-        bound = form.signature.bind(*args, **kwargs)
-    except TypeError:
-        return None, None  # the unfused call raises the right error
-    bound.apply_defaults()
+    if not kwargs and len(args) == len(form.names):
+        arguments = dict(zip(form.names, args))  # the common case, without bind()
+    else:
+        try:
+            bound = form.signature.bind(*args, **kwargs)
+        except TypeError:
+            return None, None  # the unfused call raises the right error
+        bound.apply_defaults()
+        arguments = bound.arguments
     key = [id(form)]
-    for name, value in bound.arguments.items():
+    for name, value in arguments.items():
         if name in form.same:
             try:
                 hash(value)
             except TypeError:
                 return None, None
             key.append((name, type(value), value))
-        elif hasattr(value, "shape") and hasattr(value, "dtype"):
-            key.append((name, type(value), tuple(value.shape), str(value.dtype)))
-        elif isinstance(value, _SCALARS):
+        elif isinstance(value, _SCALARS):  # NumPy scalars too, before their .shape
             key.append((name, type(value)))
+        elif hasattr(value, "shape") and hasattr(value, "dtype"):
+            key.append((name, type(value), value.shape, value.dtype))
         else:
             return None, None
-    return tuple(key), bound.arguments
+    return tuple(key), arguments
 
 
 def _run_fused(form, arguments, device, keep_on_device, stats):

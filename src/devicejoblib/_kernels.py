@@ -163,6 +163,10 @@ class BatchedForm:
         self.function = function
         self.same = same
         self.signature = signature
+        simple = all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                     for p in signature.parameters.values())
+        # parameter names, when positional arguments alone can name every one of them
+        self.names = tuple(signature.parameters) if simple else ()
 
     def __reduce__(self):
         return BatchedForm, (self.function, self.same, self.signature)
