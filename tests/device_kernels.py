@@ -162,3 +162,23 @@ def _(x):
         raise MemoryError(f"{len(x)} calls do not fit")
     LAUNCHES.append(("big", len(x)))
     return x * 3
+
+
+# --- resident state ---------------------------------------------------------------------
+
+@kernel
+def resident_probe(state, tag):
+    """(tag, the state this call received, where it ran)."""
+    return tag, state, where()
+
+
+@resident_probe.cuda
+def _(state, tag):
+    return tag, state, where()
+
+
+@resident_probe.setup
+def _(device):
+    import uuid
+
+    return (device.id, os.getpid(), uuid.uuid4().hex)

@@ -7,7 +7,7 @@ touches no CUDA driver; :func:`devices` discovers the CPU, CUDA GPUs and simulat
 when asked.
 """
 
-from ._context import array_module, current_device
+from ._context import array_module, current_device, numba_cuda_lock
 from ._devices import (
     DEVICE_KINDS,
     MAX_SIMULATED_GPUS,
@@ -75,6 +75,7 @@ __all__ = [
     "delayed",
     "devices",
     "kernel",
+    "numba_cuda_lock",
     "parallel_config",
     "parse_devices",
     "simulate_gpus",

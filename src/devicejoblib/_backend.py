@@ -23,7 +23,7 @@ from ._arrays import device_array_types, holds_any
 from ._batching import DispatchBatchSizer, GPUBatchSizer
 from ._devices import cpu_device, parse_devices
 from ._fusion import Failure, has_batched_form, is_out_of_memory, run_calls
-from ._kernels import Kernel
+from ._kernels import Kernel, release_resident
 from ._routing import Router
 from ._safe_import import cpu_count
 from ._workers import CallbackThread, GPUWorker
@@ -94,7 +94,7 @@ class DeviceBackend(ParallelBackendBase):
         self._cpu_jobs = 1
         self._callbacks = CallbackThread("devicejoblib-callbacks")
         self._finalizer = weakref.finalize(
-            self, _stop_all, [*self.workers.values(), self._callbacks])
+            self, _release, [*self.workers.values(), self._callbacks], set(self.workers))
 
     @property
     def uses_threads(self):
@@ -183,8 +183,10 @@ class DeviceBackend(ParallelBackendBase):
     # --- devicejoblib's own -------------------------------------------------------------
 
     def shutdown(self):
-        """Stop and join the GPU worker threads (they restart on the next call)."""
+        """Stop and join the GPU worker threads (they restart on the next call) and
+        release the kernels' resident state on the GPUs."""
         _stop_all([*self.workers.values(), self._callbacks])
+        release_resident(set(self.workers))
 
     def report(self):
         """Calls, batches and seconds per device since this backend was made.
@@ -453,6 +455,11 @@ class _Outcome:
         if self.error is not None:
             raise self.error
         return self.value
+
+
+def _release(threads, device_ids):
+    _stop_all(threads)
+    release_resident(device_ids)
 
 
 def _stop_all(workers):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 _local = threading.local()
+_numba_simulator_lock = threading.Lock()
 
 
 class _Binding:
@@ -53,3 +55,16 @@ def array_module():
     import numpy
 
     return numpy
+
+
+def numba_cuda_lock():
+    """Hold this around a Numba CUDA launch that may run on a simulated GPU.
+
+    Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) has one device and cannot run
+    two kernels at once: on simulated GPUs every launch takes one process-wide lock.
+    On a real GPU it is a no-op context manager.
+    """
+    bound = binding()
+    if bound is not None and not bound.device.simulated:
+        return contextlib.nullcontext()
+    return _numba_simulator_lock

@@ -42,7 +42,8 @@ def run_calls(calls, device, keep_on_device=False, max_fused=None, stats=None):
     results = [None] * len(calls)
     for form, positions, arguments in plan(calls, kind, max_fused):
         if form is not None:
-            rows = _run_fused(form, arguments, device, keep_on_device, stats)
+            function = calls[positions[0]][0]
+            rows = _run_fused(function, form, arguments, device, keep_on_device, stats)
             if rows is not None:
                 for position, row in zip(positions, rows):
                     results[position] = row
@@ -130,7 +131,7 @@ def _fusion_key(form, args, kwargs):
     return tuple(key), arguments
 
 
-def _run_fused(form, arguments, device, keep_on_device, stats):
+def _run_fused(kernel, form, arguments, device, keep_on_device, stats):
     """Rows of one fused launch; None when the batched form failed (run them unfused)."""
     xp = array_module()
     first = arguments[0]
@@ -144,11 +145,12 @@ def _run_fused(form, arguments, device, keep_on_device, stats):
         else:
             stacked[name] = xp.asarray(values)
     bound = inspect.BoundArguments(form.signature, stacked)
+    args = (kernel.state(device), *bound.args) if form.stateful else bound.args
     try:
         clock = launch_clock(device)
         start = clock()
         _simulate_launch(device)
-        out = form.function(*bound.args, **bound.kwargs)
+        out = form.function(*args, **bound.kwargs)
         rows = _split(to_host(out, device, keep_on_device), len(arguments))
         if stats is not None:
             moved = sum(getattr(v, "nbytes", 0) for v in (*stacked.values(), *_parts(out)))

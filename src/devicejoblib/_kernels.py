@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import threading
 
-from ._context import binding
+from ._context import binding, current_device
 from ._errors import DeviceUnavailableError
 
 
@@ -51,12 +52,13 @@ class Kernel:
     """
 
     def __init__(self, cpu, cuda=None, *, nogil=False, placement=None, wraps=None,
-                 batched=None):
+                 batched=None, setup=None):
         self._cpu = cpu
         self._cuda = cuda
         self.nogil = nogil
         self.placement = placement
         self._batched = batched or {}  # "cpu" / "cuda" -> BatchedForm
+        self._setup = setup
         functools.update_wrapper(self, wraps or cpu or cuda)
 
     @property
@@ -96,10 +98,29 @@ class Kernel:
         if not set(kinds) <= {"cpu", "cuda"}:
             raise ValueError(f"Invalid device={device!r} for a batched form: expected "
                              "None (both), 'cpu' or 'cuda'")
-        form = BatchedForm(function, tuple(same), inspect.signature(self.__wrapped__))
+        form = BatchedForm(function, tuple(same), inspect.signature(self.__wrapped__),
+                           stateful=self._setup is not None)
         for kind in kinds:
             self._batched[kind] = form
         return self
+
+    def setup(self, function):
+        """Decorator: register a per-device setup, ``function(device) -> state``.
+
+        It runs once per device a worker serves — on each GPU's worker thread (so that
+        arrays it makes land on that GPU), once per CPU worker process — and every call
+        on that device receives its result as the implementations' first argument
+        (callers do not pass it). Model weights, compiled kernels and random generators
+        are made once per device instead of being shipped with every call.
+        """
+        self._setup = function
+        for form in self._batched.values():
+            form.set_stateful(True)
+        return self
+
+    def state(self, device=None):
+        """This kernel's resident state on ``device`` (default: where the caller runs)."""
+        return resident_state(self, device or current_device())
 
     def batched_form(self, kind):
         """The :class:`BatchedForm` used on devices of ``kind``, or None."""
@@ -112,12 +133,14 @@ class Kernel:
         error when the call is dispatched.
         """
         placed = Kernel(self._cpu, self._cuda, nogil=self.nogil, placement=device,
-                        wraps=self.__wrapped__, batched=self._batched)
+                        wraps=self.__wrapped__, batched=self._batched, setup=self._setup)
         placed._base = self
         return placed
 
     def __call__(self, *args, **kwargs):
         bound = binding()
+        if self._setup is not None:
+            args = (self.state(), *args)
         if bound is None or self._cuda is None:
             if self._cpu is None:
                 raise DeviceUnavailableError(
@@ -148,28 +171,66 @@ class Kernel:
             except (ImportError, AttributeError):
                 pass
         return Kernel, (self._cpu, self._cuda), {"nogil": self.nogil,
-                                                 "_batched": self._batched}
+                                                 "_batched": self._batched,
+                                                 "_setup": self._setup}
+
+    @property
+    def resident_key(self):
+        """The name resident state is kept under (the same in every process)."""
+        return f"{self.__module__}.{self.__qualname__}"
 
 
 class BatchedForm:
     """A kernel's batched implementation, the parameters it keeps unstacked, and the
-    signature that names every call's arguments."""
+    signature that names every call's arguments (without the resident state, which a
+    stateful kernel's implementations take first)."""
 
-    def __init__(self, function, same, signature):
-        unknown = set(same) - set(signature.parameters)
-        if unknown:
-            raise ValueError(f"Invalid same={same!r}: {sorted(unknown)} are not parameters "
-                             f"of {list(signature.parameters)}")
+    def __init__(self, function, same, signature, stateful=False):
         self.function = function
         self.same = same
-        self.signature = signature
-        simple = all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                     for p in signature.parameters.values())
+        self._full = signature
+        self.set_stateful(stateful)
+
+    def set_stateful(self, stateful):
+        params = list(self._full.parameters.values())[1 if stateful else 0:]
+        unknown = set(self.same) - {p.name for p in params}
+        if unknown:
+            raise ValueError(f"Invalid same={self.same!r}: {sorted(unknown)} are not "
+                             f"parameters of {[p.name for p in params]}")
+        self.stateful = stateful
+        self.signature = self._full.replace(parameters=params)
+        simple = all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
         # parameter names, when positional arguments alone can name every one of them
-        self.names = tuple(signature.parameters) if simple else ()
+        self.names = tuple(p.name for p in params) if simple else ()
 
     def __reduce__(self):
-        return BatchedForm, (self.function, self.same, self.signature)
+        return BatchedForm, (self.function, self.same, self._full, self.stateful)
+
+
+_resident = {}
+_resident_lock = threading.Lock()
+
+
+def resident_state(kernel, device):
+    """``kernel``'s state on ``device``: made by its setup on first use, then reused."""
+    key = (kernel.resident_key, device.id)
+    state = _resident.get(key, _MISSING)
+    if state is _MISSING:
+        with _resident_lock:
+            state = _resident.get(key, _MISSING)
+            if state is _MISSING:
+                state = _resident[key] = kernel._setup(device)
+    return state
+
+
+def release_resident(device_ids):
+    """Drop the resident state held for these devices in this process."""
+    with _resident_lock:
+        for key in [k for k in _resident if k[1] in device_ids]:
+            del _resident[key]
+
+
+_MISSING = object()
 
 
 def _lookup(module, qualname):
