@@ -65,3 +65,50 @@ SCRIPT = shutil.which("devicejoblib", path=str(Path(sys.executable).parent))
 def test_console_script_is_installed():
     proc = subprocess.run([SCRIPT, "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("devicejoblib ")
+
+
+def test_bench_writes_table_json_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    proc = cli("bench", "--workload", "saxpy", "--sizes", "100,1000", "--calls", "20",
+               "--repeat", "1", "--json", str(out_json), "--plot", str(out_png),
+               env={"DEVICEJOBLIB_SIMULATE_GPUS": "2"})
+    assert "SIMULATED" in proc.stdout
+    header = next(line for line in proc.stdout.splitlines() if "placement" in line)
+    assert header.split()[:5] == ["size", "placement", "calls/s", "ms/call", "vs"]
+    results = json.loads(out_json.read_text())
+    assert [(r["size"], r["placement"]) for r in results["rows"]] == [
+        (100, "cpu"), (100, "gpu"), (1000, "cpu"), (1000, "gpu")]
+    for row in results["rows"]:
+        assert sum(row["ran_on"].values()) == 20
+        assert set(row["ran_on"]) <= ({"cpu"} if row["placement"] == "cpu"
+                                      else {"cuda:0", "cuda:1"})
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_without_gpus_runs_the_cpu_placement_only(tmp_path):
+    out_json = tmp_path / "bench.json"
+    cli("bench", "--workload", "logistic", "--sizes", "10", "--calls", "10", "--repeat", "1",
+        "--simulate-gpus", "0", "--json", str(out_json), env={"CUDA_VISIBLE_DEVICES": ""})
+    results = json.loads(out_json.read_text())
+    assert [r["placement"] for r in results["rows"]] == ["cpu"]
+
+
+@pytest.mark.parametrize("option, value", [("--sizes", "10,zero"), ("--sizes", "0"),
+                                           ("--calls", "0"), ("--workload", "nbody")])
+def test_bench_rejects_bad_options(option, value):
+    proc = cli("bench", option, value, check=False)
+    assert proc.returncode == 2 and value in proc.stderr
+
+
+def test_crossover_is_where_the_gpu_starts_to_stay_faster():
+    from devicejoblib._bench import crossover
+
+    def rows(speedups):
+        return [{"size": size, "placement": "gpu", "speedup_vs_cpu": s}
+                for size, s in speedups.items()]
+
+    assert crossover(rows({10: 0.5, 100: 0.9, 1000: 2.0, 10000: 3.0})) == 1000
+    assert crossover(rows({10: 0.5, 100: 1.5, 1000: 0.9, 10000: 3.0})) == 10000
+    assert crossover(rows({10: 2.0, 100: 3.0})) is None  # faster everywhere
+    assert crossover(rows({10: 0.5, 100: 0.7})) is None

@@ -1,4 +1,5 @@
-"""The ``devicejoblib`` command: ``devicejoblib info [--json]``."""
+"""The ``devicejoblib`` command: ``devicejoblib info [--json]`` and
+``devicejoblib bench [...]``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import warnings
 from importlib import metadata
 
+from . import _bench
 from ._devices import SIMULATE_GPUS_ENV, discover
 from ._utils import format_bytes
 from ._version import __version__
@@ -25,10 +27,16 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="versions and the table of this machine's devices")
     info.add_argument("--json", action="store_true", help="print one JSON object")
+    bench = commands.add_parser(
+        "bench", help="time a reference workload on CPU and GPU workers over a range of sizes")
+    _bench.add_arguments(bench)
     args = parser.parse_args(argv)
     try:
+        if args.command == "bench":
+            _bench.run(args)
+            return 0
         report = info_report()
-    except ValueError as exc:  # a bad DEVICEJOBLIB_* setting
+    except ValueError as exc:  # a bad DEVICEJOBLIB_* setting or option value
         print(f"devicejoblib: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2) if args.json else format_info(report))

@@ -1,0 +1,249 @@
+"""``devicejoblib bench``: a reference workload over a range of problem sizes, run with
+each placement (CPU workers, GPU workers), timed side by side; a table, the CPU/GPU
+crossover, JSON results and a plot."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+
+from ._devices import devices, simulate_gpus
+from ._version import __version__
+
+PLACEMENTS = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A reference workload: what its size means and how to make its calls."""
+
+    name: str
+    size_means: str
+    sizes: tuple[int, ...]
+    calls: int
+    make: object  # (size, n_calls) -> list of (kernel, args)
+
+
+def _mlp_calls(size, n):
+    import numpy as np
+
+    from .kernels import mlp
+
+    rng = np.random.default_rng(size)
+    return [(mlp.infer, (rng.standard_normal((size, mlp.LAYERS[0])).astype("float32"),))
+            for _ in range(n)]
+
+
+def _bandit_calls(size, n):
+    from .kernels import bandit
+
+    return [(bandit.play, ([0.2, 0.4, 0.6, 0.8], "ucb1", size, seed)) for seed in range(n)]
+
+
+def _saxpy_calls(size, n):
+    import numpy as np
+
+    from .kernels import saxpy
+
+    rng = np.random.default_rng(size)
+    return [(saxpy, (float(i), rng.random(size), rng.random(size))) for i in range(n)]
+
+
+def _logistic_calls(size, n):
+    from .kernels import logistic_map
+
+    return [(logistic_map, (0.1 + i / (2 * n), 3.7, size)) for i in range(n)]
+
+
+#: The workloads ``devicejoblib bench --workload`` knows; the first is the default.
+WORKLOADS = {w.name: w for w in (
+    Workload("mlp", "rows per input batch", (16, 64, 256, 1024, 4096), 200, _mlp_calls),
+    Workload("bandit", "horizon (pulls per run)", (50, 200, 800), 100, _bandit_calls),
+    Workload("saxpy", "elements per vector", (100, 1000, 10000, 100000), 300, _saxpy_calls),
+    Workload("logistic", "map iterations per call", (10, 100, 1000), 500, _logistic_calls),
+)}
+
+
+def add_arguments(parser):
+    """The options of ``devicejoblib bench``."""
+    parser.add_argument("--workload", choices=list(WORKLOADS), default=next(iter(WORKLOADS)))
+    parser.add_argument("--sizes", type=sizes_list, help="comma-separated problem sizes")
+    parser.add_argument("--calls", type=positive_integer, help="calls per point")
+    parser.add_argument("--n-jobs", type=int, default=-1, help="as Parallel's (default -1)")
+    parser.add_argument("--repeat", type=positive_integer, default=2,
+                        help="timed runs per point; the best counts (default 2)")
+    parser.add_argument("--simulate-gpus", type=int, default=None, metavar="N",
+                        help="simulated GPUs (default: 2 when this machine has no GPU)")
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--plot", metavar="FILE", help="write a PNG plot (needs matplotlib)")
+
+
+def run(args):
+    """Run the benchmark that ``args`` describe; print the table; return the results."""
+    workload = WORKLOADS[args.workload]
+    sizes = args.sizes or workload.sizes
+    n_calls = args.calls or workload.calls
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        real = [d for d in devices() if d.is_gpu and not d.simulated]
+    n_simulated = args.simulate_gpus if args.simulate_gpus is not None else (0 if real else 2)
+    with simulate_gpus(n_simulated):
+        machine = devices()
+        placements = PLACEMENTS if any(d.is_gpu for d in machine) else ("cpu",)
+        rows = _measure(workload, sizes, n_calls, placements, args)
+    results = {
+        "devicejoblib": __version__, "python": platform.python_version(),
+        "workload": workload.name, "size_means": workload.size_means, "calls": n_calls,
+        "n_jobs": args.n_jobs, "devices": [d.to_dict() for d in machine],
+        "simulated_gpus": n_simulated, "rows": rows, "crossover": crossover(rows),
+    }
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(results, out, indent=2)
+    if args.plot:
+        plot(results, args.plot)
+    return results
+
+
+def _measure(workload, sizes, n_calls, placements, args):
+    from ._backend import DeviceBackend
+    from ._safe_import import Parallel, delayed
+
+    points = [(size, placement) for size in sizes for placement in placements]
+    rows = []
+    for done, (size, placement) in enumerate(points):
+        _progress(done, len(points), f"{workload.name} size={size} {placement}")
+        calls = workload.make(size, n_calls)
+        backend = DeviceBackend(placement=placement)
+        with Parallel(n_jobs=args.n_jobs, backend=backend) as parallel:
+            parallel(delayed(k)(*a) for k, a in calls[:max(len(calls) // 10, 1)])  # warm up
+            before = backend.report()
+            best = float("inf")
+            for _ in range(args.repeat):
+                start = time.perf_counter()
+                parallel(delayed(k)(*a) for k, a in calls)
+                best = min(best, time.perf_counter() - start)
+        ran_on = {device: (r["calls"] - before.get(device, {}).get("calls", 0)) // args.repeat
+                  for device, r in backend.report().items()}
+        backend.shutdown()
+        rows.append({"size": size, "placement": placement, "seconds": best,
+                     "calls_per_second": n_calls / best, "ms_per_call": 1e3 * best / n_calls,
+                     "ran_on": ran_on})
+    _progress(len(points), len(points), "done")
+    sys.stderr.write("\n")
+    cpu = {r["size"]: r["seconds"] for r in rows if r["placement"] == "cpu"}
+    for r in rows:
+        r["speedup_vs_cpu"] = cpu[r["size"]] / r["seconds"]
+    return rows
+
+
+def crossover(rows):
+    """The size from which the GPU placement stays faster, after a smaller size where the
+    CPU was as fast or faster; None when one placement wins at every size."""
+    speedups = sorted((r["size"], r["speedup_vs_cpu"]) for r in rows if r["placement"] == "gpu")
+    for i, (size, _) in enumerate(speedups):
+        if all(s > 1 for _, s in speedups[i:]):
+            return size if i > 0 else None
+    return None
+
+
+def _verdict(rows, point):
+    gpu = [r["speedup_vs_cpu"] for r in rows if r["placement"] == "gpu"]
+    if point is not None:
+        return f"crossover: the GPU placement is faster from size {point} up"
+    if all(s > 1 for s in gpu):
+        return "no crossover: the GPU placement is faster at every size measured"
+    return "no crossover: the GPU placement does not stay faster at the top of this range"
+
+
+def format_table(results):
+    """The results as the table ``devicejoblib bench`` prints."""
+    gpus = [d for d in results["devices"] if d["kind"] == "cuda"]
+    names = ", ".join(d["id"] + (" (simulated)" if d["simulated"] else "") for d in gpus)
+    lines = [f"devicejoblib bench: {results['workload']}, size = {results['size_means']}; "
+             f"{results['calls']} calls per point, n_jobs={results['n_jobs']}",
+             f"GPUs: {names or 'none'}"]
+    if results["simulated_gpus"]:
+        lines.append("NOTE: the GPUs are SIMULATED (host threads running NumPy): these "
+                     "figures show dispatch, not GPU speed.")
+    header = ("size", "placement", "calls/s", "ms/call", "vs cpu", "ran on")
+    table = [header] + [
+        (str(r["size"]), r["placement"], f"{r['calls_per_second']:.0f}",
+         f"{r['ms_per_call']:.3f}", f"{r['speedup_vs_cpu']:.2f}x",
+         ", ".join(f"{d}: {n}" for d, n in r["ran_on"].items())
+         + ("   <- crossover" if r["placement"] == "gpu"
+            and r["size"] == results["crossover"] else ""))
+        for r in results["rows"]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    lines.append("")
+    lines += ["  ".join([*(cell.rjust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip()
+              for row in table]
+    if any(r["placement"] == "gpu" for r in results["rows"]):
+        lines.append("\n" + _verdict(results["rows"], results["crossover"]))
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    """Throughput against size, one line per placement, the crossover marked (PNG)."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise SystemExit("devicejoblib bench --plot needs matplotlib: "
+                         "pip install 'devicejoblib[bench]'") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for placement in dict.fromkeys(r["placement"] for r in results["rows"]):
+        rows = [r for r in results["rows"] if r["placement"] == placement]
+        label = placement + (" (simulated GPUs)" if placement == "gpu"
+                             and results["simulated_gpus"] else "")
+        ax.plot([r["size"] for r in rows], [r["calls_per_second"] for r in rows], "o-",
+                label=label)
+    if results["crossover"] is not None:
+        ax.axvline(results["crossover"], color="grey", linestyle="--",
+                   label=f"crossover: size {results['crossover']}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"size: {results['size_means']}")
+    ax.set_ylabel("calls per second")
+    ax.set_title(f"devicejoblib bench: {results['workload']}, "
+                 f"{results['calls']} calls per point")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _progress(done, total, label):
+    width = 30
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<40}")
+    sys.stderr.flush()
+
+
+def positive_integer(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def sizes_list(text):
+    try:
+        sizes = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        import argparse
+
+        raise argparse.ArgumentTypeError(
+            f"invalid sizes {text!r}: expected positive integers separated by commas, "
+            "such as 100,1000,10000")
+    return tuple(sorted(set(sizes)))
