@@ -265,3 +265,14 @@ def test_a_worker_that_cannot_bind_fails_its_calls_instead_of_hanging(monkeypatc
     with pytest.raises(DeviceUnavailableError, match=r"could not bind .* driver gone"):
         Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"))(
             delayed(locate)(i) for i in range(4))
+
+
+def test_large_cpu_arguments_leave_no_memmapped_files(run_python):
+    proc = run_python("""
+        import numpy as np
+        from devicejoblib import DeviceBackend, Parallel, delayed
+        arrays = [np.full(300_000, float(i)) for i in range(6)]  # above max_nbytes: memmapped
+        with Parallel(n_jobs=2, backend=DeviceBackend(placement="cpu")) as parallel:
+            assert parallel(delayed(np.sum)(a) for a in arrays) == [a.sum() for a in arrays]
+    """, env={"DEVICEJOBLIB_SIMULATE_GPUS": "2"})
+    assert "leaked" not in proc.stderr, proc.stderr[:500]

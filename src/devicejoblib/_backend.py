@@ -311,8 +311,17 @@ class DeviceBackend(ParallelBackendBase):
             loky.configure(n_jobs=self._cpu_jobs, parallel=self.parallel, **self._loky_kwargs)
         except FallbackToBackend:  # e.g. below a thread or in a daemon process
             return self._make_threads(_PROCESS, n_threads=1)
-        return (lambda batch: loky.submit(batch), loky.terminate,
-                lambda: loky.abort_everything(ensure_ready=False))
+        folders, call_id = loky._workers._temp_folder_manager, self.parallel._id
+
+        def submit(batch):
+            # What joblib does for its own LokyBackend only: while a batch is pickled,
+            # memmapped arrays go to this Parallel call's temporary folder, which
+            # loky.terminate() then deletes (without it the files outlive the call).
+            inner = batch.batch if isinstance(batch, _FusedCPUBatch) else batch
+            inner._reducer_callback = functools.partial(folders.set_current_context, call_id)
+            return loky.submit(batch)
+
+        return (submit, loky.terminate, lambda: loky.abort_everything(ensure_ready=False))
 
     def _make_threads(self, kind, n_threads=None):
         pool = ThreadPoolExecutor(n_threads or self._cpu_jobs,
