@@ -28,7 +28,7 @@ def main():
     print(f"{len(probabilities)} batches, {len(classes)} rows classified; "
           f"class counts {np.bincount(classes, minlength=mlp.LAYERS[-1]).tolist()}")
     print(backend.format_report())
-    print(f"weights made per device: {mlp.SETUPS}")
+    print(f"weights made per device: {dict(sorted(mlp.SETUPS.items()))}")
 
 
 if __name__ == "__main__":
