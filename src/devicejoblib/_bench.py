@@ -122,13 +122,14 @@ def _measure(workload, sizes, n_calls, placements, args):
         backend = DeviceBackend(placement=placement)
         with Parallel(n_jobs=args.n_jobs, backend=backend) as parallel:
             parallel(delayed(k)(*a) for k, a in calls[:max(len(calls) // 10, 1)])  # warm up
-            before = backend.report()
             best = float("inf")
             for _ in range(args.repeat):
+                before = backend.report()
                 start = time.perf_counter()
                 parallel(delayed(k)(*a) for k, a in calls)
                 best = min(best, time.perf_counter() - start)
-        ran_on = {device: (r["calls"] - before.get(device, {}).get("calls", 0)) // args.repeat
+        # where the calls of the last timed run went
+        ran_on = {device: r["calls"] - before.get(device, {}).get("calls", 0)
                   for device, r in backend.report().items()}
         backend.shutdown()
         rows.append({"size": size, "placement": placement, "seconds": best,
