@@ -11,7 +11,6 @@ import argparse
 import statistics
 import sys
 import time
-import warnings
 
 from joblib import Parallel, delayed
 
@@ -74,11 +73,7 @@ def main():
     parser.add_argument("--simulate-gpus", type=int, default=None,
                         help="simulated GPUs (default: 2 when this machine has none)")
     args = parser.parse_args()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        real = [d for d in devicejoblib.devices() if d.is_gpu and not d.simulated]
-    n_sim = args.simulate_gpus if args.simulate_gpus is not None else (0 if real else 2)
-    with devicejoblib.simulate_gpus(n_sim):
+    with devicejoblib.simulate_gpus.unless_real(args.simulate_gpus):
         gpus = [str(d) for d in devicejoblib.devices() if d.is_gpu]
         result = measure(contenders(args.n_jobs, bool(gpus)), args.calls, args.rounds)
     print(f"{args.calls} calls x {args.rounds} rounds, n_jobs={args.n_jobs}, "

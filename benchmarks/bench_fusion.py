@@ -17,7 +17,6 @@ import argparse
 import statistics
 import sys
 import time
-import warnings
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -83,11 +82,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--simulate-gpus", type=int, default=None)
     args = parser.parse_args()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        real = [d for d in devicejoblib.devices() if d.is_gpu and not d.simulated]
-    n_sim = args.simulate_gpus if args.simulate_gpus is not None else (0 if real else 2)
-    with devicejoblib.simulate_gpus(n_sim):
+    with devicejoblib.simulate_gpus.unless_real(args.simulate_gpus):
         gpus = [str(d) for d in devicejoblib.devices() if d.is_gpu]
         print(f"GPUs: {', '.join(gpus)}; Python {sys.version.split()[0]}, "
               f"NumPy {np.__version__}; median of {args.rounds} rounds")

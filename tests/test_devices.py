@@ -163,3 +163,10 @@ def test_device_to_dict_is_json_ready(two_gpus):
 def test_public_names_are_exported():
     for name in devicejoblib.__all__:
         assert hasattr(devicejoblib, name), name
+
+
+@pytest.mark.parametrize("n, expected", [(None, 2), (0, 0), (3, 3)])
+def test_simulate_unless_real(no_gpu, n, expected):
+    with simulate_gpus.unless_real(n) as simulation:
+        assert simulation.n == expected
+        assert sum(d.simulated for d in devices()) == expected

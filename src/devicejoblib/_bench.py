@@ -8,7 +8,6 @@ import json
 import platform
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 
 from ._devices import devices, simulate_gpus
@@ -87,11 +86,7 @@ def run(args):
     workload = WORKLOADS[args.workload]
     sizes = args.sizes or workload.sizes
     n_calls = args.calls or workload.calls
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        real = [d for d in devices() if d.is_gpu and not d.simulated]
-    n_simulated = args.simulate_gpus if args.simulate_gpus is not None else (0 if real else 2)
-    with simulate_gpus(n_simulated):
+    with simulate_gpus.unless_real(args.simulate_gpus) as simulation:
         machine = devices()
         placements = PLACEMENTS if any(d.is_gpu for d in machine) else ("cpu",)
         rows = _measure(workload, sizes, n_calls, placements, args)
@@ -99,7 +94,7 @@ def run(args):
         "devicejoblib": __version__, "python": platform.python_version(),
         "workload": workload.name, "size_means": workload.size_means, "calls": n_calls,
         "n_jobs": args.n_jobs, "devices": [d.to_dict() for d in machine],
-        "simulated_gpus": n_simulated, "rows": rows, "crossover": crossover(rows),
+        "simulated_gpus": simulation.n, "rows": rows, "crossover": crossover(rows),
     }
     print(format_table(results))
     if args.json:

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import threading
+import warnings
 from dataclasses import asdict, dataclass, field
 
 from ._errors import DeviceDiscoveryWarning, DeviceUnavailableError, InvalidDeviceError
@@ -136,8 +137,19 @@ class simulate_gpus:
         memory = _simulated_memory() if memory is None else parse_bytes(memory, "memory")
         latency = (_simulated_latency() if launch_latency is None
                    else _check_latency(launch_latency, "launch_latency"))
+        self.n = n
         self._previous = simulate_gpus._active
         simulate_gpus._active = (n, memory, latency)
+
+    @classmethod
+    def unless_real(cls, n=None, default=2):
+        """``simulate_gpus(n)``; with ``n`` None, ``default`` simulated GPUs when this
+        machine has no real GPU and none when it has (benchmarks and demos use this)."""
+        if n is None:
+            with cls(0), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeviceDiscoveryWarning)
+                n = 0 if any(d.is_gpu for d in devices()) else default
+        return cls(n)
 
     def __enter__(self):
         return self

@@ -3,6 +3,7 @@ calls queued to it in order."""
 
 from __future__ import annotations
 
+import abc
 import queue
 import sys
 import threading
@@ -16,7 +17,39 @@ from ._fusion import launch_clock
 _STOP = object()
 
 
-class GPUWorker:
+class _QueueThread(abc.ABC):
+    """A daemon thread, started on first use, that serves a queue until stopped."""
+
+    def __init__(self, name):
+        self.name = name
+        self._queue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def _put(self, item):
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name=self.name,
+                                                    daemon=True)
+                    self._thread.start()
+        self._queue.put(item)
+
+    def stop(self):
+        """Serve what is already queued, then stop the thread and wait for it."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            if thread is not threading.current_thread():
+                thread.join()
+
+    @abc.abstractmethod
+    def _run(self):
+        """Serve the queue until ``_STOP`` comes out of it."""
+
+
+class GPUWorker(_QueueThread):
     """The worker thread of one GPU: binds itself to the device, then runs tasks.
 
     A task is a part of a joblib batch: an object with ``n_calls``, ``fusable`` and a
@@ -39,6 +72,7 @@ class GPUWorker:
     """
 
     def __init__(self, device, execute, sizer, keep_on_device=False):
+        super().__init__(f"devicejoblib-{device.id}")
         self.device = device
         self.sizer = sizer
         self.keep_on_device = keep_on_device
@@ -46,20 +80,13 @@ class GPUWorker:
         self.calls = self.batches = 0
         self.busy_seconds = 0.0
         self._execute = execute
-        self._queue = queue.SimpleQueue()
         self._held = None  # a task taken from the queue that must start the next batch
-        self._lock = threading.Lock()
-        self._thread = None
 
     def submit(self, task, done):
         """Queue ``task``; start the thread on first use."""
         with self._lock:
             self.pending_calls += task.n_calls
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name=f"devicejoblib-{self.device.id}", daemon=True)
-                self._thread.start()
-        self._queue.put((task, done))
+        self._put((task, done))
 
     def cancel_pending(self):
         """Drop the tasks still queued; their callbacks fire with ``CancelledError``."""
@@ -74,15 +101,6 @@ class GPUWorker:
             task, done = item
             self._account(task.n_calls, 0, 0.0)
             done(None, CancelledError(f"cancelled on {self.device}"))
-
-    def stop(self):
-        """Stop the thread once the queued tasks are done, and wait for it."""
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(_STOP)
-            if thread is not threading.current_thread():
-                thread.join()
 
     def _run(self):
         bind_thread(self.device, self.keep_on_device)
@@ -151,35 +169,14 @@ class GPUWorker:
             self.busy_seconds += seconds
 
 
-class CallbackThread:
+class CallbackThread(_QueueThread):
     """One thread that runs completion callbacks in order, so that a GPU worker hands
     its results over and goes on with its queue instead of waiting on the caller's
     locks (joblib's callback takes the Parallel call's lock and dispatches more work)."""
 
-    def __init__(self, name):
-        self.name = name
-        self._queue = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._thread = None
-
     def call(self, function, argument):
         """Run ``function(argument)`` on the callback thread."""
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name=self.name,
-                                                    daemon=True)
-                    self._thread.start()
-        self._queue.put((function, argument))
-
-    def stop(self):
-        """Run the callbacks already queued, then stop the thread and wait for it."""
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(_STOP)
-            if thread is not threading.current_thread():
-                thread.join()
+        self._put((function, argument))
 
     def _run(self):
         while True:
