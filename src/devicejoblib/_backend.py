@@ -5,24 +5,23 @@ joblib sees one batch, one callback, results in order."""
 from __future__ import annotations
 
 import functools
-import sys
 import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
-from joblib import parallel_config
 from joblib._parallel_backends import (
     FallbackToBackend,
     LokyBackend,
     ParallelBackendBase,
 )
-from joblib.parallel import BatchedCalls, get_active_backend
+from joblib.parallel import get_active_backend
 
 from ._arrays import device_array_types, holds_any
 from ._batching import DispatchBatchSizer, GPUBatchSizer
-from ._devices import cpu_device, parse_devices
-from ._fusion import Failure, has_batched_form, is_out_of_memory, run_calls
+from ._devices import parse_devices
+from ._execution import FusedCPUBatch, GPUTask, JoinedBatch, Outcome, execute_gpu, sub_batch
+from ._fusion import has_batched_form
 from ._kernels import Kernel, release_resident
 from ._routing import Router
 from ._safe_import import cpu_count
@@ -84,7 +83,7 @@ class DeviceBackend(ParallelBackendBase):
         self.workers = {}
         for device in self.router.gpus:
             sizer = GPUBatchSizer(device, max_batch_size)
-            execute = functools.partial(_execute_gpu, device, keep_on_device, sizer)
+            execute = functools.partial(execute_gpu, device, keep_on_device, sizer)
             self.workers[device.id] = GPUWorker(device, execute, sizer, keep_on_device)
         self._gpu_bound = False  # whether the last batch went to GPUs only
         self._dispatch_sizer = DispatchBatchSizer(max_batch_size)
@@ -99,7 +98,6 @@ class DeviceBackend(ParallelBackendBase):
     @property
     def uses_threads(self):
         return self.cpu_backend == "threading"
-
 
     # --- joblib's contract -----------------------------------------------------------
 
@@ -142,9 +140,9 @@ class DeviceBackend(ParallelBackendBase):
         if len(groups) == 1:
             (target, _), = groups.items()
             return self._submit_part(target, func, callback)
-        joined = _JoinedBatch(len(func.items), len(groups), callback)
+        joined = JoinedBatch(len(func.items), len(groups), callback)
         for target, positions in groups.items():
-            part = _sub_batch(func, [func.items[i] for i in positions])
+            part = sub_batch(func, [func.items[i] for i in positions])
             self._submit_part(target, part, joined.part_done(positions))
         return joined
 
@@ -266,7 +264,7 @@ class DeviceBackend(ParallelBackendBase):
     def _submit_part(self, target, batch, callback):
         worker = self.workers.get(target)
         if worker is not None:
-            outcome = _Outcome()
+            outcome = Outcome()
             started, whole = time.perf_counter(), len(batch)
 
             def done(result, error):
@@ -276,7 +274,7 @@ class DeviceBackend(ParallelBackendBase):
                 if callback is not None:
                     self._callbacks.call(callback, outcome)
 
-            worker.submit(_GPUTask(batch), done)
+            worker.submit(GPUTask(batch), done)
             return outcome
         submit = self._cpu_executor(target)[0]
         started, n_calls = time.perf_counter(), len(batch)
@@ -292,8 +290,8 @@ class DeviceBackend(ParallelBackendBase):
             if callback is not None:
                 callback(future)
 
-        if any(type(f) is Kernel and f.batched_form("cpu") for f, _, _ in batch.items):
-            batch = _FusedCPUBatch(batch)
+        if has_batched_form(batch.items, "cpu"):
+            batch = FusedCPUBatch(batch)
         future = submit(batch)
         future.add_done_callback(cpu_done)
         return future
@@ -317,7 +315,7 @@ class DeviceBackend(ParallelBackendBase):
             # What joblib does for its own LokyBackend only: while a batch is pickled,
             # memmapped arrays go to this Parallel call's temporary folder, which
             # loky.terminate() then deletes (without it the files outlive the call).
-            inner = batch.batch if isinstance(batch, _FusedCPUBatch) else batch
+            inner = batch.batch if isinstance(batch, FusedCPUBatch) else batch
             inner._reducer_callback = functools.partial(folders.set_current_context, call_id)
             return loky.submit(batch)
 
@@ -329,143 +327,6 @@ class DeviceBackend(ParallelBackendBase):
         return (pool.submit, pool.shutdown, lambda: pool.shutdown(cancel_futures=True))
 
 
-class _GPUTask:
-    """The part of a joblib batch that one GPU runs. Fusable tasks (some kernel has a
-    batched form) with the same ``config`` (joblib's nested backend) may run together."""
-
-    __slots__ = ("config", "fusable", "items", "n_calls")
-
-    def __init__(self, batch):
-        self.items = batch.items
-        self.n_calls = len(batch.items)
-        self.config = (batch._backend, batch._n_jobs)
-        self.fusable = has_batched_form(batch.items, "cuda")
-
-
-def _execute_gpu(device, keep_on_device, sizer, tasks):
-    """Run tasks on the calling GPU worker: their calls together, fused where kernels
-    allow (at most the sizer's batch size per launch); one ``(results, error)`` per task,
-    the bytes each call moved and the ``(calls, seconds)`` of each fused launch."""
-    backend, n_jobs = tasks[0].config
-    calls = tasks[0].items if len(tasks) == 1 else [c for task in tasks for c in task.items]
-    stats = {}
-    with parallel_config(backend=backend, n_jobs=n_jobs):
-        results = _run_fitting(calls, device, keep_on_device, sizer, stats)
-    measured = stats.get("bytes_per_call", 0), stats.get("launches", [])
-    if len(tasks) == 1:
-        return [_outcome(results)], *measured
-    outcomes, start = [], 0
-    for task in tasks:
-        outcomes.append(_outcome(results[start:start + task.n_calls]))
-        start += task.n_calls
-    return outcomes, *measured
-
-
-def _outcome(results):
-    """``(results, None)``, or ``(None, error)`` for the first call that failed."""
-    for result in results:
-        if type(result) is Failure:
-            return None, result.error
-    return results, None
-
-
-def _run_fitting(calls, device, keep_on_device, sizer, stats):
-    """run_calls, halving the calls after an out-of-memory error until they fit."""
-    try:
-        return run_calls(calls, device, keep_on_device, sizer.size, stats)
-    except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise
-        sizer.out_of_memory(len(calls))
-        _free_cached_memory()
-        if len(calls) == 1:
-            return [Failure(exc)]
-        half = len(calls) // 2
-        return (_run_fitting(calls[:half], device, keep_on_device, sizer, stats)
-                + _run_fitting(calls[half:], device, keep_on_device, sizer, stats))
-
-
-def _free_cached_memory():
-    cupy = sys.modules.get("cupy")
-    if cupy is not None:
-        cupy.get_default_memory_pool().free_all_blocks()
-
-
-class _FusedCPUBatch:
-    """A joblib batch run by a CPU worker with its kernels' batched forms."""
-
-    def __init__(self, batch):
-        self.batch = batch
-
-    def __len__(self):
-        return len(self.batch)
-
-    def __call__(self):
-        batch = self.batch
-        with parallel_config(backend=batch._backend, n_jobs=batch._n_jobs):
-            results = run_calls(batch.items, cpu_device())
-        for result in results:
-            if isinstance(result, Failure):
-                raise result.error
-        return results
-
-
-class _JoinedBatch:
-    """The parts of one joblib batch that ran on several devices, joined in call order.
-
-    Fires joblib's callback once, when the last part is done.
-    """
-
-    def __init__(self, n_calls, n_parts, callback):
-        self._results = [None] * n_calls
-        self._remaining = n_parts
-        self._error = None
-        self._callback = callback
-        self._lock = threading.Lock()
-
-    def part_done(self, positions):
-        def done(future):
-            try:
-                for position, value in zip(positions, future.result()):
-                    self._results[position] = value
-                error = None
-            except BaseException as exc:
-                error = exc
-            with self._lock:
-                self._error = self._error or error
-                self._remaining -= 1
-                last = self._remaining == 0
-            if last and self._callback is not None:
-                self._callback(self)
-
-        return done
-
-    def result(self):
-        if self._error is not None:
-            raise self._error
-        return self._results
-
-
-def _sub_batch(batch, items):
-    """A BatchedCalls with some of ``batch``'s calls and the same nested config."""
-    return BatchedCalls(iter(items), (batch._backend, batch._n_jobs),
-                        batch._reducer_callback, batch._pickle_cache)
-
-
-class _Outcome:
-    """The result of a GPU part: set once by its worker before any callback reads it."""
-
-    __slots__ = ("error", "value")
-
-    def __init__(self):
-        self.value = self.error = None
-
-    def result(self):
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
 def _release(threads, device_ids):
     _stop_all(threads)
     release_resident(device_ids)
@@ -474,5 +335,3 @@ def _release(threads, device_ids):
 def _stop_all(workers):
     for worker in workers:
         worker.stop()
-
-
