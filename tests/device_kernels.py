@@ -182,3 +182,16 @@ def _(device):
     import uuid
 
     return (device.id, os.getpid(), uuid.uuid4().hex)
+
+
+@kernel(portable=True)
+def big_cuda_error(x):
+    return x * 3
+
+
+@big_cuda_error.batched
+def _(x):
+    if len(x) > MAX_FUSED_BEFORE_OOM:  # how Numba's CudaAPIError reports it
+        raise RuntimeError("[2] Call to cuMemAlloc results in CUDA_ERROR_OUT_OF_MEMORY")
+    LAUNCHES.append(("big", len(x)))
+    return x * 3

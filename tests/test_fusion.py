@@ -74,8 +74,10 @@ def test_a_failing_batched_form_falls_back_to_unfused_with_a_warning():
     assert "negative input -1e-300" in str(info.value)
 
 
-def test_out_of_memory_splits_the_launch():
-    out = run([delayed(dk.big)(np.full(3, float(i))) for i in range(40)], batch_size=40)
+@pytest.mark.parametrize("name", ["big", "big_cuda_error"])
+def test_out_of_memory_splits_the_launch(name):
+    k = getattr(dk, name)
+    out = run([delayed(k)(np.full(3, float(i))) for i in range(40)], batch_size=40)
     assert [r.tolist() for r in out] == [[3.0 * i] * 3 for i in range(40)]
     assert max(launches("big")) <= dk.MAX_FUSED_BEFORE_OOM
 

@@ -372,16 +372,18 @@ def _probe_cupy():
             "cuda", index, name=_text(props["name"]), memory_total=total, memory_free=free,
             multiprocessor_count=props["multiProcessorCount"],
             compute_capability=(props["major"], props["minor"]), provider="cupy"))
-    versions = {"provider": f"cupy {cupy.__version__}",
-                "driver": _cuda_version(runtime.driverGetVersion()),
-                "runtime": _cuda_version(runtime.runtimeGetVersion())}
+    versions = {"provider": f"cupy {cupy.__version__}"}
+    if not getattr(runtime, "is_hip", False):  # ROCm encodes its versions otherwise
+        local = getattr(cupy.cuda, "get_local_runtime_version", runtime.runtimeGetVersion)
+        versions.update(driver=_cuda_version(runtime.driverGetVersion()),
+                        runtime=_cuda_version(local()))
     return gpus, versions
 
 
 def _probe_numba():
     from numba import config, cuda
 
-    if config.ENABLE_CUDASIM:
+    if getattr(config, "ENABLE_CUDASIM", 0) or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         raise RuntimeError("NUMBA_ENABLE_CUDASIM=1 makes numba.cuda a simulator, not a GPU "
                            f"(use {SIMULATE_GPUS_ENV} for simulated GPUs)")
     gpus = []

@@ -65,13 +65,17 @@ def _run_fitting(calls, device, keep_on_device, sizer, stats):
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        sizer.out_of_memory(len(calls))
-        _free_cached_memory()
-        if len(calls) == 1:
-            return [Failure(exc)]
-        half = len(calls) // 2
-        return (_run_fitting(calls[:half], device, keep_on_device, sizer, stats)
-                + _run_fitting(calls[half:], device, keep_on_device, sizer, stats))
+        error = exc
+    # Freed and retried outside the except block: there, the error's traceback keeps the
+    # failed launch's frames, and their arrays, alive, so the pool could not free them.
+    error.__traceback__ = None
+    sizer.out_of_memory(len(calls))
+    _free_cached_memory()
+    if len(calls) == 1:
+        return [Failure(error)]
+    half = len(calls) // 2
+    return (_run_fitting(calls[:half], device, keep_on_device, sizer, stats)
+            + _run_fitting(calls[half:], device, keep_on_device, sizer, stats))
 
 
 def _free_cached_memory():

@@ -99,9 +99,17 @@ def run_one(call, device, keep_on_device):
         return Failure(exc)
 
 
+_OOM_CODES = ("CUDA_ERROR_OUT_OF_MEMORY", "cudaErrorMemoryAllocation")
+
+
 def is_out_of_memory(exc):
-    """CuPy's OutOfMemoryError (or a plain MemoryError): retry with fewer calls."""
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+    """Out of device memory: retry with fewer calls.
+
+    CuPy's ``OutOfMemoryError`` (a ``MemoryError``), a plain ``MemoryError``, and the
+    CUDA errors that Numba (``CudaAPIError``) and CuPy's runtime calls raise for it.
+    """
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or any(code in str(exc) for code in _OOM_CODES))
 
 
 def _fusion_key(form, args, kwargs):
@@ -152,6 +160,8 @@ def _run_fused(kernel, form, arguments, device, keep_on_device, stats):
         _simulate_launch(device)
         out = form.function(*args, **bound.kwargs)
         rows = _split(to_host(out, device, keep_on_device), len(arguments))
+        if keep_on_device and not device.simulated:
+            xp.cuda.get_current_stream().synchronize()  # time the launch, not its queueing
         if stats is not None:
             moved = sum(getattr(v, "nbytes", 0) for v in (*stacked.values(), *_parts(out)))
             stats["bytes_per_call"] = max(stats.get("bytes_per_call", 0),

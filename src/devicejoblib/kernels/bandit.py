@@ -82,7 +82,7 @@ def _(probs, policy, horizon, seed):
     for t in range(horizon):
         means = wins / pulls
         if policy == "ucb1":
-            scores = means + xp.sqrt(2.0 * xp.log(t + n_arms) / pulls)
+            scores = means + xp.sqrt(2.0 * np.log(t + n_arms) / pulls)  # host log, as the CPU
         else:
             spread = xp.sqrt(xp.maximum(means * (1 - means), 1e-12) / pulls)
             scores = means + spread * normals[t]

@@ -8,6 +8,7 @@ Numba's CUDA simulator when ``NUMBA_ENABLE_CUDASIM=1`` (one launch at a time, th
 
 import functools
 import os
+import sys
 
 import numpy as np
 
@@ -37,8 +38,20 @@ def _(a, x, y):
     if device.simulated and os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
         return a * x + y
     cuda, saxpy_kernel = _compiled()
-    out = cuda.device_array_like(x) if not device.simulated else np.empty_like(x)
     blocks = (x.size + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-    with numba_cuda_lock():
+    if device.simulated:
+        out = np.empty_like(x)
+        with numba_cuda_lock():
+            saxpy_kernel[blocks, THREADS_PER_BLOCK](a, x, y, out)
+        return out
+    cupy = sys.modules.get("cupy")
+    if cupy is None:  # a Numba-only machine: Numba's own arrays and stream
+        out = cuda.device_array_like(x)
         saxpy_kernel[blocks, THREADS_PER_BLOCK](a, x, y, out)
-    return out if device.simulated else out.copy_to_host()
+        return out.copy_to_host()
+    # Launch on the worker's CuPy stream, into CuPy's memory pool: ordered after the
+    # copies that brought x and y, synchronised with the worker's batch.
+    stream = cuda.external_stream(cupy.cuda.get_current_stream().ptr)
+    out = cupy.empty_like(x)
+    saxpy_kernel[blocks, THREADS_PER_BLOCK, stream](a, x, y, out)
+    return out
