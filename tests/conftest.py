@@ -55,6 +55,11 @@ def no_leaks():
     children = set(multiprocessing.active_children())
     yield
     assert simulate_gpus._active is None, "simulate_gpus() was left on: use it with `with`"
+    # after an error the backend stops GPU threads without waiting for the call they
+    # run: they may take a moment to exit, not longer
+    for thread in set(threading.enumerate()) - threads:
+        if thread.name.startswith("devicejoblib"):
+            thread.join(timeout=10)
     stray = [t for t in set(threading.enumerate()) - threads
              if t.name.startswith("devicejoblib")
              or not (t.daemon or "loky" in type(t).__module__)]  # loky's reusable executor

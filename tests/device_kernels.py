@@ -195,3 +195,15 @@ def _(x):
         raise RuntimeError("[2] Call to cuMemAlloc results in CUDA_ERROR_OUT_OF_MEMORY")
     LAUNCHES.append(("big", len(x)))
     return x * 3
+
+
+#: calls of `flaky_memory` made so far (it runs out of memory once, on x == 13)
+FLAKY_CALLS = []
+
+
+@kernel(portable=True)
+def flaky_memory(x):
+    FLAKY_CALLS.append(x)
+    if x == 13 and FLAKY_CALLS.count(13) == 1:
+        raise MemoryError("out of memory, once")
+    return x + 1

@@ -276,3 +276,48 @@ def test_large_cpu_arguments_leave_no_memmapped_files(run_python):
             assert parallel(delayed(np.sum)(a) for a in arrays) == [a.sum() for a in arrays]
     """, env={"DEVICEJOBLIB_SIMULATE_GPUS": "2"})
     assert "leaked" not in proc.stderr, proc.stderr[:500]
+
+
+def test_a_routing_error_after_the_first_batches_is_raised_not_hung():
+    calls = [delayed(locate)(i) for i in range(40)] + [delayed(locate.on("cuda:7"))(40)]
+    with pytest.raises(devicejoblib.InvalidDeviceError, match="cuda:7"):
+        # timeout: if the error were lost on the callback thread, fail instead of hanging
+        Parallel(n_jobs=2, backend="device", batch_size=1, timeout=30)(calls)
+
+
+def test_timeout_does_not_wait_for_the_running_gpu_call():
+    start = time.perf_counter()
+    with pytest.raises(multiprocessing.TimeoutError):
+        Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"), timeout=0.2)(
+            delayed(fails_on)(i, -1, delay=4.0) for i in range(2))
+    assert time.perf_counter() - start < 3.0  # well before the 4 s calls return
+
+
+def test_cancelled_calls_are_not_reported_as_run():
+    ran = []
+
+    def slow_then_fail(i):
+        ran.append(i)
+        time.sleep(0.01)
+        if i == 1:
+            raise RuntimeError("stop")
+        return i
+
+    backend = DeviceBackend(placement="gpu")
+    with pytest.raises(RuntimeError), Parallel(n_jobs=2, backend=backend, batch_size=1,
+                                               pre_dispatch="all") as parallel:
+        parallel(delayed(slow_then_fail)(i) for i in range(100))
+    backend.shutdown()  # wait for the calls that were running when the error came
+    assert sum(r["calls"] for r in backend.report().values()) == len(ran) < 100
+
+
+def test_a_one_off_backend_keeps_the_shared_backends_resident_state():
+    from device_kernels import resident_probe
+
+    with parallel_config(backend="device"):
+        first = Parallel(n_jobs=2)(delayed(resident_probe)(i) for i in range(8))
+        Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"))(
+            delayed(resident_probe)(i) for i in range(8))  # ends: shuts its workers down
+        again = Parallel(n_jobs=2)(delayed(resident_probe)(i) for i in range(8))
+    tokens = {state for _, state, _ in first}
+    assert tokens == {state for _, state, _ in again}

@@ -136,3 +136,13 @@ def test_fused_results_equal_unfused_in_order(calls, batch_size, return_as):
     for got, want in zip(out, expected):
         assert got.shape == want.shape
         np.testing.assert_array_equal(got, want)
+
+
+def test_an_unfused_call_out_of_memory_is_retried_alone():
+    dk.FLAKY_CALLS.clear()
+    backend = DeviceBackend(placement="gpu")
+    out = run([delayed(dk.flaky_memory)(i) for i in range(40)], backend=backend,
+              batch_size=20)
+    assert out == [i + 1 for i in range(40)]
+    assert sorted(dk.FLAKY_CALLS) == sorted([*range(40), 13])  # only the failed call twice
+    assert all(r["batch_size"] == 20 for r in backend.report().values())

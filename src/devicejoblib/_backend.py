@@ -22,7 +22,7 @@ from ._batching import DispatchBatchSizer, GPUBatchSizer
 from ._devices import parse_devices
 from ._execution import FusedCPUBatch, GPUTask, JoinedBatch, Outcome, execute_gpu, sub_batch
 from ._fusion import has_batched_form
-from ._kernels import Kernel, release_resident
+from ._kernels import Kernel, ResidentHold
 from ._routing import Router
 from ._safe_import import cpu_count
 from ._workers import CallbackThread, GPUWorker
@@ -92,8 +92,11 @@ class DeviceBackend(ParallelBackendBase):
         self._stats_lock = threading.Lock()
         self._cpu_jobs = 1
         self._callbacks = CallbackThread("devicejoblib-callbacks")
+        self._accepting = True  # False once shut down, until the next configure()
+        self._aborted = False
+        self._resident = ResidentHold(set(self.workers))
         self._finalizer = weakref.finalize(
-            self, _release, [*self.workers.values(), self._callbacks], set(self.workers))
+            self, _release, [*self.workers.values(), self._callbacks], self._resident)
 
     @property
     def uses_threads(self):
@@ -111,6 +114,8 @@ class DeviceBackend(ParallelBackendBase):
 
     def configure(self, n_jobs=1, parallel=None, prefer=None, require=None, **kwargs):
         self.parallel = parallel
+        self._accepting = True
+        self._resident.acquire()
         self._cpu_jobs = self._resolve_cpu_jobs(n_jobs)
         threads = self.cpu_backend == "threading" or prefer == "threads" or (
             require == "sharedmem")
@@ -135,21 +140,34 @@ class DeviceBackend(ParallelBackendBase):
         """Ignored: CPU parts report their own durations; GPU workers time themselves."""
 
     def submit(self, func, callback=None):
-        groups = self._route(func.items)
+        # joblib calls submit from the callback thread too, where a raised error would
+        # be lost and the batch never completed: errors become the batch's outcome.
+        try:
+            groups = self._route(func.items)
+        except BaseException as exc:
+            return self._failed(exc, callback)
         self._gpu_bound = all(target in self.workers for target in groups)
         if len(groups) == 1:
             (target, _), = groups.items()
-            return self._submit_part(target, func, callback)
+            try:
+                return self._submit_part(target, func, callback)
+            except BaseException as exc:
+                return self._failed(exc, callback)
         joined = JoinedBatch(len(func.items), len(groups), callback)
         for target, positions in groups.items():
-            part = sub_batch(func, [func.items[i] for i in positions])
-            self._submit_part(target, part, joined.part_done(positions))
+            done = joined.part_done(positions)
+            try:
+                self._submit_part(target, sub_batch(func, [func.items[i] for i in positions]),
+                                  done)
+            except BaseException as exc:
+                self._failed(exc, done)
         return joined
 
     def retrieve_result_callback(self, out):
         return out.result()
 
     def abort_everything(self, ensure_ready=True):
+        self._aborted = True
         for worker in self.workers.values():
             worker.cancel_pending()
         for _, _, abort in self._cpu.values():
@@ -176,15 +194,20 @@ class DeviceBackend(ParallelBackendBase):
         # Inside `parallel_config(backend=...)` the same backend serves the next Parallel
         # call: keep its GPU threads; they stop when the backend is collected or shut down.
         if get_active_backend()[0] is not self:
-            self.shutdown()
+            # after an error or a timeout, do not wait for the GPU calls still running:
+            # their threads exit when those calls return
+            self.shutdown(wait=not self._aborted)
+        self._aborted = False
 
     # --- devicejoblib's own -------------------------------------------------------------
 
-    def shutdown(self):
-        """Stop and join the GPU worker threads (they restart on the next call) and
-        release the kernels' resident state on the GPUs."""
-        _stop_all([*self.workers.values(), self._callbacks])
-        release_resident(set(self.workers))
+    def shutdown(self, wait=True):
+        """Stop the GPU worker threads (they restart on the next call) — and wait for
+        them unless ``wait=False`` — and let go of the kernels' resident state on the
+        GPUs (released once no backend holds those GPUs)."""
+        self._accepting = False
+        _stop_all([*self.workers.values(), self._callbacks], wait)
+        self._resident.release()
 
     def report(self):
         """Calls, batches and seconds per device since this backend was made.
@@ -258,6 +281,14 @@ class DeviceBackend(ParallelBackendBase):
             return _THREAD
         return self._default_cpu
 
+    def _failed(self, error, callback):
+        """An outcome that raises ``error``, its callback fired on the callback thread."""
+        outcome = Outcome()
+        outcome.error = error
+        if callback is not None:
+            self._callbacks.call(callback, outcome)
+        return outcome
+
     def _load(self, device_id):
         return self.workers[device_id].pending_calls
 
@@ -265,14 +296,18 @@ class DeviceBackend(ParallelBackendBase):
         worker = self.workers.get(target)
         if worker is not None:
             outcome = Outcome()
-            started, whole = time.perf_counter(), len(batch)
+            started, whole, gpu_bound = time.perf_counter(), len(batch), self._gpu_bound
 
             def done(result, error):
                 outcome.value, outcome.error = result, error
-                if self._gpu_bound:
+                if gpu_bound and error is None:
                     self._dispatch_sizer.completed(whole, time.perf_counter() - started)
-                if callback is not None:
+                if callback is None:
+                    return
+                if self._accepting:
                     self._callbacks.call(callback, outcome)
+                else:  # a call that outlived an abort: no callback thread to start again
+                    callback(outcome)
 
             worker.submit(GPUTask(batch), done)
             return outcome
@@ -327,11 +362,11 @@ class DeviceBackend(ParallelBackendBase):
         return (pool.submit, pool.shutdown, lambda: pool.shutdown(cancel_futures=True))
 
 
-def _release(threads, device_ids):
+def _release(threads, resident):
     _stop_all(threads)
-    release_resident(device_ids)
+    resident.release()
 
 
-def _stop_all(workers):
+def _stop_all(workers, wait=True):
     for worker in workers:
-        worker.stop()
+        worker.stop(wait)

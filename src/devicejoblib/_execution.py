@@ -1,6 +1,6 @@
 """How the parts of a joblib batch run once routed: on a GPU worker (calls of several
-batches together, fused where kernels allow, halved after out-of-memory), fused in a
-CPU worker, and joined back into one result per joblib batch.
+batches together, fused where kernels allow), fused in a CPU worker, and joined back
+into one result per joblib batch.
 
 The one module besides the backend that knows joblib's ``BatchedCalls`` (its ``items``
 and the nested backend it carries): pin the joblib range when that changes.
@@ -8,26 +8,28 @@ and the nested backend it carries): pin the joblib range when that changes.
 
 from __future__ import annotations
 
-import sys
 import threading
 
 from joblib import parallel_config
 from joblib.parallel import BatchedCalls
 
 from ._devices import cpu_device
-from ._fusion import Failure, has_batched_form, is_out_of_memory, run_calls
+from ._fusion import Failure, has_batched_form, run_calls
 
 
 class GPUTask:
     """The part of a joblib batch that one GPU runs. Fusable tasks (some kernel has a
     batched form) with the same ``config`` (joblib's nested backend) may run together."""
 
-    __slots__ = ("config", "fusable", "items", "n_calls")
+    __slots__ = ("config", "fusable", "items", "n_calls", "nested")
 
     def __init__(self, batch):
         self.items = batch.items
         self.n_calls = len(batch.items)
-        self.config = (batch._backend, batch._n_jobs)
+        self.nested = (batch._backend, batch._n_jobs)
+        # joblib makes a new nested backend object for every batch: compare what it is
+        backend = batch._backend
+        self.config = (type(backend), getattr(backend, "nesting_level", None), batch._n_jobs)
         self.fusable = has_batched_form(batch.items, "cuda")
 
 
@@ -35,11 +37,12 @@ def execute_gpu(device, keep_on_device, sizer, tasks):
     """Run tasks on the calling GPU worker: their calls together, fused where kernels
     allow (at most the sizer's batch size per launch); one ``(results, error)`` per task,
     the bytes each call moved and the ``(calls, seconds)`` of each fused launch."""
-    backend, n_jobs = tasks[0].config
+    backend, n_jobs = tasks[0].nested
     calls = tasks[0].items if len(tasks) == 1 else [c for task in tasks for c in task.items]
     stats = {}
     with parallel_config(backend=backend, n_jobs=n_jobs):
-        results = _run_fitting(calls, device, keep_on_device, sizer, stats)
+        results = run_calls(calls, device, keep_on_device, sizer.size, stats,
+                            on_out_of_memory=sizer.out_of_memory)
     measured = stats.get("bytes_per_call", 0), stats.get("launches", [])
     if len(tasks) == 1:
         return [_outcome(results)], *measured
@@ -56,32 +59,6 @@ def _outcome(results):
         if type(result) is Failure:
             return None, result.error
     return results, None
-
-
-def _run_fitting(calls, device, keep_on_device, sizer, stats):
-    """run_calls, halving the calls after an out-of-memory error until they fit."""
-    try:
-        return run_calls(calls, device, keep_on_device, sizer.size, stats)
-    except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise
-        error = exc
-    # Freed and retried outside the except block: there, the error's traceback keeps the
-    # failed launch's frames, and their arrays, alive, so the pool could not free them.
-    error.__traceback__ = None
-    sizer.out_of_memory(len(calls))
-    _free_cached_memory()
-    if len(calls) == 1:
-        return [Failure(error)]
-    half = len(calls) // 2
-    return (_run_fitting(calls[:half], device, keep_on_device, sizer, stats)
-            + _run_fitting(calls[half:], device, keep_on_device, sizer, stats))
-
-
-def _free_cached_memory():
-    cupy = sys.modules.get("cupy")
-    if cupy is not None:
-        cupy.get_default_memory_pool().free_all_blocks()
 
 
 class FusedCPUBatch:

@@ -26,12 +26,14 @@ class Failure:
         self.error = error
 
 
-def run_calls(calls, device, keep_on_device=False, max_fused=None, stats=None):
+def run_calls(calls, device, keep_on_device=False, max_fused=None, stats=None,
+              on_out_of_memory=None):
     """Results of ``calls`` (``(function, args, kwargs)``) on ``device``, in order.
 
     At most ``max_fused`` calls go into one fused launch. A call that raised has a
-    :class:`Failure` in its slot. Out-of-memory errors propagate, so that the caller
-    can retry with fewer calls. ``stats``, when given, receives
+    :class:`Failure` in its slot. Out of memory, a fused launch is split in halves (and
+    ``on_out_of_memory(calls)`` told its size); a single call is retried once after the
+    memory pool's cached blocks are freed. ``stats``, when given, receives
     ``"bytes_per_call"`` (the most bytes a fused call moved: stacked arguments and
     results) and ``"launches"``: ``(calls, seconds)`` of each fused launch, results on
     the host included.
@@ -40,10 +42,20 @@ def run_calls(calls, device, keep_on_device=False, max_fused=None, stats=None):
     if not has_batched_form(calls, kind):
         return [run_one(call, device, keep_on_device) for call in calls]
     results = [None] * len(calls)
-    for form, positions, arguments in plan(calls, kind, max_fused):
+    pending = plan(calls, kind, max_fused)
+    while pending:
+        form, positions, arguments = pending.pop(0)
         if form is not None:
             function = calls[positions[0]][0]
             rows = _run_fused(function, form, arguments, device, keep_on_device, stats)
+            if rows is _OUT_OF_MEMORY:
+                if on_out_of_memory is not None:
+                    on_out_of_memory(len(positions))
+                half = len(positions) // 2
+                pending[:0] = [(form if len(part) > 1 else None, part, args)
+                               for part, args in ((positions[:half], arguments[:half]),
+                                                  (positions[half:], arguments[half:]))]
+                continue
             if rows is not None:
                 for position, row in zip(positions, rows):
                     results[position] = row
@@ -85,7 +97,7 @@ def plan(calls, kind, max_fused=None):
             for form, positions, arguments in order]
 
 
-def run_one(call, device, keep_on_device):
+def run_one(call, device, keep_on_device, retry=True):
     """One call, unfused; its result (moved to the host) or its :class:`Failure`."""
     function, args, kwargs = call
     try:
@@ -93,13 +105,25 @@ def run_one(call, device, keep_on_device):
             _simulate_launch(device)
         return to_host(function(*args, **kwargs), device, keep_on_device)
     except Exception as exc:
-        if is_out_of_memory(exc):
-            raise
-        add_note(exc, f"raised by {describe(function, args, kwargs)} on {device}")
-        return Failure(exc)
+        if not (retry and is_out_of_memory(exc)):
+            add_note(exc, f"raised by {describe(function, args, kwargs)} on {device}")
+            return Failure(exc)
+        error = exc
+    _forget(error)
+    return run_one(call, device, keep_on_device, retry=False)
 
 
 _OOM_CODES = ("CUDA_ERROR_OUT_OF_MEMORY", "cudaErrorMemoryAllocation")
+_OUT_OF_MEMORY = object()
+
+
+def _forget(error):
+    """After an out-of-memory error, outside its except block: drop the traceback (its
+    frames hold the failed launch's arrays) and free the pool's cached blocks."""
+    error.__traceback__ = None
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        cupy.get_default_memory_pool().free_all_blocks()
 
 
 def is_out_of_memory(exc):
@@ -170,12 +194,14 @@ def _run_fused(kernel, form, arguments, device, keep_on_device, stats):
                 (len(arguments), clock() - start + device.launch_latency))
         return rows
     except Exception as exc:
-        if is_out_of_memory(exc):
-            raise
-        warn_user(f"the batched form of {form.function.__qualname__} raised "
-                  f"{type(exc).__name__}: {exc}; its {len(arguments)} calls ran unfused",
-                  RuntimeWarning)
-        return None
+        if not is_out_of_memory(exc):
+            warn_user(f"the batched form of {form.function.__qualname__} raised "
+                      f"{type(exc).__name__}: {exc}; its {len(arguments)} calls ran "
+                      "unfused", RuntimeWarning)
+            return None
+        error = exc
+    _forget(error)
+    return _OUT_OF_MEMORY
 
 
 def _stack(values, xp):

@@ -223,11 +223,37 @@ def resident_state(kernel, device):
     return state
 
 
-def release_resident(device_ids):
-    """Drop the resident state held for these devices in this process."""
-    with _resident_lock:
-        for key in [k for k in _resident if k[1] in device_ids]:
-            del _resident[key]
+_holders = {}  # device id -> backends holding it
+
+
+class ResidentHold:
+    """A backend's hold on its GPUs' resident state: the state of a device is dropped
+    when the last backend holding that device lets go (a one-off Parallel call ending
+    inside a parallel_config block does not discard the block's model weights)."""
+
+    def __init__(self, device_ids):
+        self.device_ids = frozenset(device_ids)
+        self.held = False
+        self.acquire()
+
+    def acquire(self):
+        with _resident_lock:
+            if not self.held:
+                self.held = True
+                for device_id in self.device_ids:
+                    _holders[device_id] = _holders.get(device_id, 0) + 1
+
+    def release(self):
+        with _resident_lock:
+            if not self.held:
+                return
+            self.held = False
+            for device_id in self.device_ids:
+                _holders[device_id] -= 1
+                if not _holders[device_id]:
+                    del _holders[device_id]
+                    for key in [k for k in _resident if k[1] == device_id]:
+                        del _resident[key]
 
 
 _MISSING = object()

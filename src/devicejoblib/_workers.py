@@ -18,35 +18,47 @@ _STOP = object()
 
 
 class _QueueThread(abc.ABC):
-    """A daemon thread, started on first use, that serves a queue until stopped."""
+    """A daemon thread, started on first use, that serves a queue until stopped.
+
+    Each thread gets a queue of its own: a thread told to stop without waiting (after
+    an abort, while its current call runs on) finishes that call and exits, and the
+    next item starts a fresh thread on a fresh queue.
+    """
 
     def __init__(self, name):
         self.name = name
-        self._queue = queue.SimpleQueue()
+        self._queue = None
         self._lock = threading.Lock()
         self._thread = None
+        self._stopping = []  # threads told to stop without waiting, still to be joined
 
     def _put(self, item):
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name=self.name,
-                                                    daemon=True)
-                    self._thread.start()
-        self._queue.put(item)
+        with self._lock:
+            if self._thread is None:
+                self._queue = queue.SimpleQueue()
+                self._thread = threading.Thread(target=self._run, args=(self._queue,),
+                                                name=self.name, daemon=True)
+                self._thread.start()
+            self._queue.put(item)
 
-    def stop(self):
-        """Serve what is already queued, then stop the thread and wait for it."""
+    def stop(self, wait=True):
+        """Stop the thread after what is already queued; wait for it — and for threads
+        stopped earlier without waiting — unless told not to."""
         with self._lock:
             thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(_STOP)
+            if thread is not None:
+                self._queue.put(_STOP)
+                self._stopping.append(thread)
+            if not wait:
+                return
+            stopping, self._stopping = self._stopping, []
+        for thread in stopping:
             if thread is not threading.current_thread():
                 thread.join()
 
     @abc.abstractmethod
-    def _run(self):
-        """Serve the queue until ``_STOP`` comes out of it."""
+    def _run(self, items):
+        """Serve the queue ``items`` until ``_STOP`` comes out of it."""
 
 
 class GPUWorker(_QueueThread):
@@ -80,29 +92,21 @@ class GPUWorker(_QueueThread):
         self.calls = self.batches = 0
         self.busy_seconds = 0.0
         self._execute = execute
-        self._held = None  # a task taken from the queue that must start the next batch
+        self._epoch = 0  # tasks submitted before the last cancel_pending() are dropped
 
     def submit(self, task, done):
         """Queue ``task``; start the thread on first use."""
         with self._lock:
             self.pending_calls += task.n_calls
-        self._put((task, done))
+        self._put((task, done, self._epoch))
 
     def cancel_pending(self):
-        """Drop the tasks still queued; their callbacks fire with ``CancelledError``."""
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is _STOP:
-                self._queue.put(_STOP)
-                return
-            task, done = item
-            self._account(task.n_calls, 0, 0.0)
-            done(None, CancelledError(f"cancelled on {self.device}"))
+        """Cancel every task not started yet: each fires ``CancelledError`` when the
+        worker reaches it, instead of running."""
+        with self._lock:
+            self._epoch += 1
 
-    def _run(self):
+    def _run(self, items):
         bind_thread(self.device, self.keep_on_device)
         try:
             sync, bind_error = _bind_cuda(self.device), None
@@ -110,17 +114,28 @@ class GPUWorker(_QueueThread):
             sync, bind_error = None, DeviceUnavailableError(
                 f"could not bind a worker thread to {self.device}: {exc}")
             bind_error.__cause__ = exc
+        held = None
         while True:
-            group = self._next_group()
+            group, held = self._next_group(items, held)
             if group is None:
                 return
             # a method of its own, so that nothing of the batch (joblib's callbacks hold
             # the Parallel call and its backend) stays referenced while the worker idles
-            self._run_group(group, sync, bind_error)
+            self._run_group(self._drop_cancelled(group), sync, bind_error)
             del group
 
+    def _drop_cancelled(self, group):
+        live = [item for item in group if item[2] == self._epoch]
+        for task, done, _ in (item for item in group if item[2] != self._epoch):
+            with self._lock:
+                self.pending_calls -= task.n_calls
+            done(None, CancelledError(f"cancelled on {self.device}"))
+        return live
+
     def _run_group(self, group, sync, bind_error):
-        tasks = [task for task, _ in group]
+        if not group:
+            return
+        tasks = [task for task, _, _ in group]
         n_calls = sum(task.n_calls for task in tasks)
         start, clock = time.perf_counter(), launch_clock(self.device)
         work_start = clock()
@@ -136,37 +151,34 @@ class GPUWorker(_QueueThread):
         whole = (n_calls, clock() - work_start + self.device.launch_latency)
         for calls, launch_seconds in launches or [whole]:
             self.sizer.record(calls, launch_seconds, bytes_per_call)
-        self._account(n_calls, 1, seconds)
-        for (_, done), (result, error) in zip(group, outcomes):
-            done(result, error)
-
-    def _next_group(self):
-        """The next tasks to run together (up to the batch size), or None to stop."""
-        first, self._held = self._held or self._queue.get(), None
-        if first is _STOP:
-            return None
-        group, n_calls = [first], first[0].n_calls
-        if not first[0].fusable:
-            return group
-        limit = self.sizer.size
-        while n_calls < limit:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP or not item[0].fusable or item[0].config != first[0].config:
-                self._held = item
-                break
-            group.append(item)
-            n_calls += item[0].n_calls
-        return group
-
-    def _account(self, n_calls, batches, seconds):
         with self._lock:
             self.pending_calls -= n_calls
             self.calls += n_calls
-            self.batches += batches
+            self.batches += 1
             self.busy_seconds += seconds
+        for (_, done, _), (result, error) in zip(group, outcomes):
+            done(result, error)
+
+    def _next_group(self, items, held):
+        """``(tasks to run together up to the batch size, the task that must start the
+        next group)``; ``(None, None)`` to stop."""
+        first = held or items.get()
+        if first is _STOP:
+            return None, None
+        group, n_calls = [first], first[0].n_calls
+        if not first[0].fusable:
+            return group, None
+        limit = self.sizer.size
+        while n_calls < limit:
+            try:
+                item = items.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP or not item[0].fusable or item[0].config != first[0].config:
+                return group, item
+            group.append(item)
+            n_calls += item[0].n_calls
+        return group, None
 
 
 class CallbackThread(_QueueThread):
@@ -178,9 +190,9 @@ class CallbackThread(_QueueThread):
         """Run ``function(argument)`` on the callback thread."""
         self._put((function, argument))
 
-    def _run(self):
+    def _run(self, items):
         while True:
-            item = self._queue.get()
+            item = items.get()
             if item is _STOP:
                 return
             function, argument = item
