@@ -159,26 +159,26 @@ def test_cpu_error_keeps_type():
             delayed(fails_on)(i, 2) for i in range(6))
 
 
-def test_first_error_cancels_queued_gpu_work():
-    started = []
+def slow_then_fail(failing, started):
+    """A call that records itself, takes 10 ms, and raises for ``failing``."""
 
-    def slow_then_fail(i):
+    def call(i):
         started.append(i)
         time.sleep(0.01)
-        if i == 2:
+        if i == failing:
             raise RuntimeError("stop")
         return i
 
+    return call
+
+
+def test_first_error_cancels_queued_gpu_work():
+    started = []
     with pytest.raises(RuntimeError, match="stop"):
         Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"), batch_size=1,
-                 pre_dispatch="all")(delayed(slow_then_fail)(i) for i in range(200))
+                 pre_dispatch="all")(delayed(slow_then_fail(2, started))(i)
+                                     for i in range(200))
     assert len(started) < 50
-
-
-def test_timeout():
-    with pytest.raises(multiprocessing.TimeoutError):  # what joblib raises
-        Parallel(n_jobs=2, backend="device", timeout=0.2)(
-            delayed(fails_on)(i, -1, delay=0.5) for i in range(2))
 
 
 def test_nested_parallel_inside_a_gpu_call():
@@ -287,7 +287,7 @@ def test_a_routing_error_after_the_first_batches_is_raised_not_hung():
 
 def test_timeout_does_not_wait_for_the_running_gpu_call():
     start = time.perf_counter()
-    with pytest.raises(multiprocessing.TimeoutError):
+    with pytest.raises(multiprocessing.TimeoutError):  # what joblib raises
         Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"), timeout=0.2)(
             delayed(fails_on)(i, -1, delay=4.0) for i in range(2))
     assert time.perf_counter() - start < 3.0  # well before the 4 s calls return
@@ -295,18 +295,10 @@ def test_timeout_does_not_wait_for_the_running_gpu_call():
 
 def test_cancelled_calls_are_not_reported_as_run():
     ran = []
-
-    def slow_then_fail(i):
-        ran.append(i)
-        time.sleep(0.01)
-        if i == 1:
-            raise RuntimeError("stop")
-        return i
-
     backend = DeviceBackend(placement="gpu")
     with pytest.raises(RuntimeError), Parallel(n_jobs=2, backend=backend, batch_size=1,
                                                pre_dispatch="all") as parallel:
-        parallel(delayed(slow_then_fail)(i) for i in range(100))
+        parallel(delayed(slow_then_fail(1, ran))(i) for i in range(100))
     backend.shutdown()  # wait for the calls that were running when the error came
     assert sum(r["calls"] for r in backend.report().values()) == len(ran) < 100
 

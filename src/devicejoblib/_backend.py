@@ -121,7 +121,7 @@ class DeviceBackend(ParallelBackendBase):
             require == "sharedmem")
         self._default_cpu = _THREAD if threads else _PROCESS
         self._loky_kwargs = kwargs
-        self._batching.parallel = parallel
+        self._cpu_batching.parallel = parallel
         fixed = getattr(parallel, "batch_size", "auto")
         for worker in self.workers.values():
             worker.sizer.fixed = fixed if isinstance(fixed, int) else None
@@ -133,7 +133,7 @@ class DeviceBackend(ParallelBackendBase):
         if self._gpu_bound:
             return self._dispatch_sizer.compute(
                 min(worker.sizer.size for worker in self.workers.values()))
-        size = self._batching.compute_batch_size()
+        size = self._cpu_batching.compute_batch_size()
         return size if self.max_batch_size is None else min(size, self.max_batch_size)
 
     def batch_completed(self, batch_size, duration):
@@ -183,14 +183,14 @@ class DeviceBackend(ParallelBackendBase):
         for _, shutdown, _ in self._cpu.values():
             shutdown()
         self._cpu.clear()
-        self._batching.reset_batch_stats()
+        self._cpu_batching.reset_batch_stats()
         # GPU sizers keep what they learnt: the next call inside parallel_config starts
         # from it, and report() still shows it after this call.
         self._dispatch_sizer.reset()
         self._gpu_bound = False
         # Break the backend <-> Parallel cycle so that, once the caller drops both, the
         # backend is freed at once and its finalizer joins the GPU threads.
-        self.parallel = self._batching.parallel = None
+        self.parallel = self._cpu_batching.parallel = None
         # Inside `parallel_config(backend=...)` the same backend serves the next Parallel
         # call: keep its GPU threads; they stop when the backend is collected or shut down.
         if get_active_backend()[0] is not self:
@@ -236,7 +236,7 @@ class DeviceBackend(ParallelBackendBase):
     # --- internals ----------------------------------------------------------------------
 
     @property
-    def _batching(self):
+    def _cpu_batching(self):
         """The backend whose auto batching policy joblib's batch size follows."""
         if getattr(self, "_batcher", None) is None:
             self._batcher = LokyBackend(nesting_level=self.nesting_level)
@@ -321,7 +321,7 @@ class DeviceBackend(ParallelBackendBase):
                 stats[0] += n_calls
                 stats[1] += 1
                 stats[2] += seconds
-            self._batching.batch_completed(n_calls, seconds)
+            self._cpu_batching.batch_completed(n_calls, seconds)
             if callback is not None:
                 callback(future)
 
