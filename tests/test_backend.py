@@ -32,7 +32,7 @@ from devicejoblib import (
     parallel_config,
     simulate_gpus,
 )
-from devicejoblib._arrays import device_id_of
+from devicejoblib._platforms import home_of
 
 pytestmark = pytest.mark.skipif(not devicejoblib.USE_JOBLIB, reason="needs joblib")
 
@@ -97,7 +97,7 @@ def test_results_come_back_as_numpy_or_stay_on_device(gpus):
     np.testing.assert_allclose(out[0], np.sqrt((x**2).sum(axis=1)))
     kept = Parallel(n_jobs=2, backend=DeviceBackend(keep_on_device=True))(
         delayed(scale)(x) for _ in range(4))
-    homes = [device_id_of(r) for r in kept]
+    homes = [home_of(r) for r in kept]
     assert set(homes) == ids(gpus)
     assert all(isinstance(r, SimulatedDeviceArray) for r in kept) == gpus[0].simulated
     # data affinity end to end: a kept array sends the next call to its device
@@ -256,15 +256,18 @@ def test_kernels_pickle_by_reference():
 
 
 def test_a_worker_that_cannot_bind_fails_its_calls_instead_of_hanging(monkeypatch, gpus):
-    import devicejoblib._workers as workers
+    from concurrent.futures import BrokenExecutor
 
     def broken(device):
         raise OSError("driver gone")
 
-    monkeypatch.setattr(workers, "_bind_cuda", broken)
-    with pytest.raises(DeviceUnavailableError, match=r"could not bind .* driver gone"):
+    monkeypatch.setattr(gpus[0].platform, "bind", broken)
+    with pytest.raises(devicejoblib.BrokenDeviceError,
+                       match=r"worker thread of cuda:\d.* cannot run calls.* driver gone") as info:
         Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"))(
             delayed(locate)(i) for i in range(4))
+    assert isinstance(info.value, BrokenExecutor)
+    assert isinstance(info.value.__cause__, OSError)
 
 
 def test_large_cpu_arguments_leave_no_memmapped_files(run_python):

@@ -7,13 +7,15 @@ from devicejoblib._batching import (
     MEMORY_FRACTION,
     MIN_START,
     SAMPLES,
+    BatchPolicy,
     DispatchBatchSizer,
     GPUBatchSizer,
 )
 
 
 def gpu(sms=4, free=2**30):
-    return Device("cuda", 0, multiprocessor_count=sms, memory_total=free, memory_free=free)
+    return Device("simulator", 0, multiprocessor_count=sms, memory_total=free,
+                  memory_free=free)
 
 
 def feed(sizer, per_call):
@@ -66,7 +68,8 @@ def test_partial_batches_say_nothing():
 
 def test_memory_budget_caps_the_size():
     sizer = GPUBatchSizer(gpu(free=2**20))
-    sizer.record(1, 1e-3, bytes_per_call=2**16)
+    sizer.note_bytes(2**16)
+    sizer.record(1, 1e-3)
     assert sizer.memory_cap() == int(MEMORY_FRACTION * 2**20 // 2**16) == 8
     for _ in range(5):
         feed(sizer, lambda n: 1e-3 / n)
@@ -85,16 +88,32 @@ def test_out_of_memory_halves_and_sets_a_ceiling():
 
 
 def test_fixed_size_wins_and_max_caps():
-    sizer = GPUBatchSizer(gpu(), max_batch_size=20)
+    policy = BatchPolicy(max_batch_size=20)
+    sizer = policy.launch_sizer(gpu())
     for _ in range(4):
         feed(sizer, lambda n: 1e-3 / n)
     assert sizer.size == 20 and sizer.settled  # held at the cap
-    sizer.fixed = 100
+    policy.fixed = 100
     assert sizer.size == 100 and sizer.describe()["batch_policy"] == "fixed"
 
 
+def test_one_policy_holds_the_limits_of_every_size():
+    policy = BatchPolicy(max_batch_size=5)
+    sizers = [policy.launch_sizer(gpu()), policy.launch_sizer(gpu(sms=64))]
+    assert policy.launch_sizer(gpu()) is sizers[0]  # one sizer per device id
+    assert sizers[0].size == 5 and policy.dispatch.compute(64) == 5
+    assert policy.compute_batch_size() <= 5  # the CPU's auto batching too
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "8", True])
+def test_bad_max_batch_size_is_named(bad):
+    with pytest.raises(ValueError, match=rf"Invalid max_batch_size={bad!r}: expected a "
+                       "positive integer or None"):
+        BatchPolicy(max_batch_size=bad)
+
+
 def test_dispatch_sizer_doubles_below_target_halves_far_above():
-    sizer = DispatchBatchSizer()
+    sizer = DispatchBatchSizer(BatchPolicy())
     assert sizer.compute(gpu_size=8) == 8
     sizer.completed(8, 0.001)
     assert sizer.compute(8) == 16
@@ -102,4 +121,4 @@ def test_dispatch_sizer_doubles_below_target_halves_far_above():
     assert sizer.compute(8) == 32
     sizer.completed(32, 10 * DispatchBatchSizer.target + 1)
     assert sizer.compute(8) == 16
-    assert DispatchBatchSizer(max_batch_size=10).compute(64) == 10
+    assert DispatchBatchSizer(BatchPolicy(max_batch_size=10)).compute(64) == 10

@@ -28,7 +28,8 @@ DISCOVER = """
 """
 # Bypass the driver-library check so that the CUDA packages' own probes run and fail
 # the way they do on a machine without a usable driver.
-FORCE_PROBE = "devicejoblib._devices._driver_error = lambda: None"
+FORCE_PROBE = ("from devicejoblib._platforms import CUDAPlatform; "
+               "CUDAPlatform.unavailable_reason = lambda self: None")
 
 
 def discover(run_python, setup="", block=(), env=None):
@@ -77,7 +78,8 @@ def test_numba_cuda_simulator_is_never_taken_for_a_gpu(run_python):
     out = run_python("""
         import json
         import devicejoblib, devicejoblib._cli as cli
-        devicejoblib._devices._driver_error = lambda: None
+        from devicejoblib._platforms import CUDAPlatform
+        CUDAPlatform.unavailable_reason = lambda self: None
         print(json.dumps(cli.info_report()))
     """, block=("cupy",), env={"NUMBA_ENABLE_CUDASIM": "1"}, json_out=True)
     assert [d["id"] for d in out["devices"]] == ["cpu"]

@@ -21,12 +21,10 @@ def on_device(device, array):
     return to_host(array, device, keep_on_device=True)
 
 
-def idle(device_id):
-    return 0
-
-
-def route(router, function, *args, load=idle, **kwargs):
-    return router.route(function, args, kwargs, load).id
+def route(router, function, *args, load=None, **kwargs):
+    if load is not None:
+        router = Router(router.devices, load=load)
+    return router.route(function, args, kwargs).id
 
 
 def test_capability(gpus2):
@@ -85,5 +83,4 @@ def test_gpu_placement_without_gpu_raises():
         warnings.simplefilter("ignore")
         if any(d.is_gpu for d in devices()):
             pytest.skip("this machine has a real GPU")
-        Router([d for d in devices() if not d.is_gpu], placement="gpu").route(
-            scale, (1,), {}, idle)
+        Router([d for d in devices() if not d.is_gpu], placement="gpu").route(scale, (1,), {})

@@ -1,13 +1,14 @@
 """The GPU worker thread on its own: taking queued batches together, cancelling."""
 
 import threading
-from concurrent.futures import CancelledError
+from concurrent.futures import wait
 
 from devicejoblib import Device
 from devicejoblib._batching import GPUBatchSizer
+from devicejoblib._fusion import Ran
 from devicejoblib._workers import GPUWorker
 
-DEVICE = Device("cuda", 0, simulated=True, provider="simulator", multiprocessor_count=2)
+DEVICE = Device("simulator", 0, multiprocessor_count=2)
 
 
 class Task:
@@ -24,38 +25,28 @@ def worker_with_gate():
         if len(groups) == 1:
             entered.set()
             gate.wait(10)
-        return [(t.name, None) for t in tasks], 0, []
+        return Ran([t.name for t in tasks])
 
     return GPUWorker(DEVICE, execute, GPUBatchSizer(DEVICE)), entered, gate, groups
 
 
 def run(tasks, after_first=None):
     worker, entered, gate, groups = worker_with_gate()
-    results, finished = {}, threading.Event()
-
-    def done_for(name):
-        def done(result, error):
-            results[name] = error or result
-            if len(results) == len(tasks):
-                finished.set()
-        return done
-
-    worker.submit(tasks[0], done_for(tasks[0].name))
+    futures = {tasks[0].name: worker.submit(tasks[0])}
     assert entered.wait(10)  # the first batch runs: the others queue behind it
-    for task in tasks[1:]:
-        worker.submit(task, done_for(task.name))
+    futures.update((task.name, worker.submit(task)) for task in tasks[1:])
     if after_first:
         after_first(worker)
     gate.set()
-    assert finished.wait(10)
+    assert not wait(futures.values(), timeout=10).not_done
     worker.stop()
-    return groups, results, worker
+    return groups, futures, worker
 
 
 def test_queued_fusable_batches_run_together_up_to_the_batch_size():
-    groups, results, _ = run([Task(i) for i in range(7)])  # 2 calls each, size 8
+    groups, futures, _ = run([Task(i) for i in range(7)])  # 2 calls each, size 8
     assert groups == [[0], [1, 2, 3, 4], [5, 6]]
-    assert results == {i: i for i in range(7)}
+    assert {name: f.result() for name, f in futures.items()} == {i: i for i in range(7)}
 
 
 def test_unfusable_or_other_config_batches_run_alone():
@@ -66,9 +57,26 @@ def test_unfusable_or_other_config_batches_run_alone():
 
 
 def test_cancel_drops_every_batch_not_started_and_reports_only_what_ran():
-    groups, results, worker = run([Task(i) for i in range(4)],
+    groups, futures, worker = run([Task(i) for i in range(4)],
                                   after_first=lambda w: w.cancel_pending())
     assert groups == [[0]]
-    assert results[0] == 0
-    assert all(isinstance(results[i], CancelledError) for i in (1, 2, 3))
+    assert futures[0].result() == 0
+    assert all(futures[i].cancelled() for i in (1, 2, 3))
     assert worker.calls == 2 and worker.pending_calls == 0
+
+
+def test_a_failed_binding_breaks_every_task_with_the_device_named(monkeypatch):
+    from concurrent.futures import BrokenExecutor
+
+    def broken(device):
+        raise OSError("no context")
+
+    monkeypatch.setattr(DEVICE.platform, "bind", broken)
+    worker = GPUWorker(DEVICE, lambda tasks: Ran([t.name for t in tasks]), GPUBatchSizer(DEVICE))
+    futures = [worker.submit(Task(i)) for i in range(3)]
+    assert not wait(futures, timeout=10).not_done
+    worker.stop()
+    for future in futures:
+        error = future.exception()
+        assert isinstance(error, BrokenExecutor) and "cuda:0 (simulated)" in str(error)
+        assert isinstance(error.__cause__, OSError)

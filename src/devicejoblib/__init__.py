@@ -16,16 +16,19 @@ from ._devices import (
     SIMULATED_MEMORY_ENV,
     Device,
     devices,
+    is_available,
     parse_devices,
     simulate_gpus,
 )
 from ._errors import (
+    BrokenDeviceError,
     DeviceDiscoveryWarning,
     DeviceUnavailableError,
     InvalidDeviceError,
     JoblibMissingWarning,
 )
 from ._kernels import Kernel, kernel
+from ._platforms import Platform, platforms, register
 from ._safe_import import USE_JOBLIB, Parallel, cpu_count, delayed, parallel_config
 from ._version import __version__
 
@@ -59,6 +62,7 @@ __all__ = [
     "SIMULATED_MEMORY_ENV",
     "SIMULATE_GPUS_ENV",
     "USE_JOBLIB",
+    "BrokenDeviceError",
     "Device",
     "DeviceBackend",
     "DeviceDiscoveryWarning",
@@ -67,6 +71,7 @@ __all__ = [
     "JoblibMissingWarning",
     "Kernel",
     "Parallel",
+    "Platform",
     "SimulatedDeviceArray",
     "__version__",
     "array_module",
@@ -74,9 +79,12 @@ __all__ = [
     "current_device",
     "delayed",
     "devices",
+    "is_available",
     "kernel",
     "numba_cuda_lock",
     "parallel_config",
     "parse_devices",
+    "platforms",
+    "register",
     "simulate_gpus",
 ]

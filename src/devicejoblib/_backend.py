@@ -10,25 +10,26 @@ import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
-from joblib._parallel_backends import (
-    FallbackToBackend,
-    LokyBackend,
-    ParallelBackendBase,
-)
 from joblib.parallel import get_active_backend
 
-from ._arrays import device_array_types, holds_any
-from ._batching import DispatchBatchSizer, GPUBatchSizer
+from ._batching import BatchPolicy
 from ._devices import parse_devices
-from ._execution import FusedCPUBatch, GPUTask, JoinedBatch, Outcome, execute_gpu, sub_batch
+from ._execution import FusedCPUBatch, GPUTask, JoinedBatch, execute_gpu, failed
 from ._fusion import has_batched_form
-from ._kernels import Kernel, ResidentHold
-from ._routing import Router
-from ._safe_import import cpu_count
+from ._joblib_adapters import (
+    FallbackToBackend,
+    ParallelBackendBase,
+    cpu_n_jobs,
+    make_loky,
+    sub_batch,
+)
+from ._kernels import ResidentHold
+from ._platforms import HOST
+from ._routing import CPU_PROCESSES, CPU_THREADS, Router
+from ._utils import is_whole
 from ._workers import CallbackThread, GPUWorker
 
 CPU_BACKENDS = ("loky", "threading")
-_PROCESS, _THREAD = "cpu", "cpu-threads"
 
 
 class DeviceBackend(ParallelBackendBase):
@@ -40,7 +41,8 @@ class DeviceBackend(ParallelBackendBase):
         The devices to use (see :func:`devicejoblib.parse_devices`); default: all.
     placement : device spec, optional
         Where calls may run unless a kernel is pinned with ``.on()``: ``"gpu"``,
-        ``"cpu"``, a device list. Default: decided per call (affinity, capability).
+        ``"cpu"``, a device list, among ``devices``. Default: decided per call
+        (affinity, capability).
     cpu_backend : {"loky", "threading"}
         How CPU calls run: loky worker processes (default) or threads. ``nogil`` kernels,
         ``prefer="threads"`` and ``require="sharedmem"`` always use threads.
@@ -66,29 +68,25 @@ class DeviceBackend(ParallelBackendBase):
         if cpu_backend not in CPU_BACKENDS:
             raise ValueError(f"Invalid cpu_backend={cpu_backend!r}: expected one of "
                              f"{', '.join(map(repr, CPU_BACKENDS))}")
-        if n_cpu_jobs is not None and (not isinstance(n_cpu_jobs, int) or n_cpu_jobs == 0
-                                       or isinstance(n_cpu_jobs, bool)):
+        if n_cpu_jobs is not None and (not is_whole(n_cpu_jobs) or n_cpu_jobs == 0):
             raise ValueError(f"Invalid n_cpu_jobs={n_cpu_jobs!r}: expected a non-zero "
                              "integer (-1 for all CPUs) or None")
-        if max_batch_size is not None and (not isinstance(max_batch_size, int)
-                                           or isinstance(max_batch_size, bool)
-                                           or max_batch_size < 1):
-            raise ValueError(f"Invalid max_batch_size={max_batch_size!r}: expected a "
-                             "positive integer or None")
         self.cpu_backend = cpu_backend
         self.n_cpu_jobs = n_cpu_jobs
         self.keep_on_device = keep_on_device
-        self.max_batch_size = max_batch_size
-        self.router = Router(parse_devices(devices), placement)
-        self.workers = {}
+        self.batching = BatchPolicy(max_batch_size, nesting_level)
+        self.workers = workers = {}
+        # the load reads the workers, not the backend: no cycle may delay its finalizer
+        self.router = Router(parse_devices(devices), placement,
+                             load=lambda device_id: workers[device_id].pending_calls)
+        # simulated GPUs compute on the host at once: each gets its share of the cores
+        host_gpus = len(self.router.gpus)
         for device in self.router.gpus:
-            sizer = GPUBatchSizer(device, max_batch_size)
+            sizer = self.batching.launch_sizer(device)
             execute = functools.partial(execute_gpu, device, keep_on_device, sizer)
-            self.workers[device.id] = GPUWorker(device, execute, sizer, keep_on_device)
-        self._gpu_bound = False  # whether the last batch went to GPUs only
-        self._dispatch_sizer = DispatchBatchSizer(max_batch_size)
-        self._cpu = {}  # executor kind -> (submit, shutdown, abort)
-        self._cpu_stats = {_PROCESS: [0, 0, 0.0], _THREAD: [0, 0, 0.0]}
+            self.workers[device.id] = GPUWorker(device, execute, sizer, host_gpus)
+        self._cpu = {}  # CPU route -> (submit, shutdown, abort)
+        self._cpu_stats = {CPU_PROCESSES: [0, 0, 0.0], CPU_THREADS: [0, 0, 0.0]}
         self._stats_lock = threading.Lock()
         self._cpu_jobs = 1
         self._callbacks = CallbackThread("devicejoblib-callbacks")
@@ -97,6 +95,11 @@ class DeviceBackend(ParallelBackendBase):
         self._resident = ResidentHold(set(self.workers))
         self._finalizer = weakref.finalize(
             self, _release, [*self.workers.values(), self._callbacks], self._resident)
+
+    @property
+    def max_batch_size(self):
+        """Upper bound for automatic batch sizes (held by the batch policy)."""
+        return self.batching.max_batch_size
 
     @property
     def uses_threads(self):
@@ -109,32 +112,21 @@ class DeviceBackend(ParallelBackendBase):
         # many in flight. max(), not the sum, keeps CPU batches as loky's would be (the
         # sum cost 10% per CPU call, bench_dispatch.py); never 1 with a GPU, or joblib
         # would bypass the backend.
-        cpu = self._resolve_cpu_jobs(n_jobs)
+        cpu = self._cpu_n_jobs(n_jobs)
         return max(cpu, len(self.workers), 2) if self.workers else cpu
 
     def configure(self, n_jobs=1, parallel=None, prefer=None, require=None, **kwargs):
         self.parallel = parallel
         self._accepting = True
         self._resident.acquire()
-        self._cpu_jobs = self._resolve_cpu_jobs(n_jobs)
-        threads = self.cpu_backend == "threading" or prefer == "threads" or (
-            require == "sharedmem")
-        self._default_cpu = _THREAD if threads else _PROCESS
+        self._cpu_jobs = self._cpu_n_jobs(n_jobs)
+        self.router.configure(self.cpu_backend, prefer, require)
         self._loky_kwargs = kwargs
-        self._cpu_batching.parallel = parallel
-        fixed = getattr(parallel, "batch_size", "auto")
-        for worker in self.workers.values():
-            worker.sizer.fixed = fixed if isinstance(fixed, int) else None
+        self.batching.start_call(parallel)
         return self.effective_n_jobs(n_jobs)
 
     def compute_batch_size(self):
-        """joblib's batch size: the GPUs' while the calls go to GPUs, else joblib's auto
-        policy for loky (fed with the CPU parts' durations only)."""
-        if self._gpu_bound:
-            return self._dispatch_sizer.compute(
-                min(worker.sizer.size for worker in self.workers.values()))
-        size = self._cpu_batching.compute_batch_size()
-        return size if self.max_batch_size is None else min(size, self.max_batch_size)
+        return self.batching.compute_batch_size()
 
     def batch_completed(self, batch_size, duration):
         """Ignored: CPU parts report their own durations; GPU workers time themselves."""
@@ -143,24 +135,26 @@ class DeviceBackend(ParallelBackendBase):
         # joblib calls submit from the callback thread too, where a raised error would
         # be lost and the batch never completed: errors become the batch's outcome.
         try:
-            groups = self._route(func.items)
+            groups = self.router.split(func.items)
         except BaseException as exc:
             return self._failed(exc, callback)
-        self._gpu_bound = all(target in self.workers for target in groups)
+        self.batching.gpu_bound = all(target in self.workers for target in groups)
         if len(groups) == 1:
             (target, _), = groups.items()
             try:
                 return self._submit_part(target, func, callback)
             except BaseException as exc:
                 return self._failed(exc, callback)
-        joined = JoinedBatch(len(func.items), len(groups), callback)
+        joined = JoinedBatch(len(func.items), len(groups))
         for target, positions in groups.items():
-            done = joined.part_done(positions)
+            done = functools.partial(joined.part_done, positions)
             try:
                 self._submit_part(target, sub_batch(func, [func.items[i] for i in positions]),
                                   done)
             except BaseException as exc:
                 self._failed(exc, done)
+        if callback is not None:
+            joined.add_done_callback(callback)
         return joined
 
     def retrieve_result_callback(self, out):
@@ -183,14 +177,10 @@ class DeviceBackend(ParallelBackendBase):
         for _, shutdown, _ in self._cpu.values():
             shutdown()
         self._cpu.clear()
-        self._cpu_batching.reset_batch_stats()
-        # GPU sizers keep what they learnt: the next call inside parallel_config starts
-        # from it, and report() still shows it after this call.
-        self._dispatch_sizer.reset()
-        self._gpu_bound = False
+        self.batching.end_call()
         # Break the backend <-> Parallel cycle so that, once the caller drops both, the
         # backend is freed at once and its finalizer joins the GPU threads.
-        self.parallel = self._cpu_batching.parallel = None
+        self.parallel = None
         # Inside `parallel_config(backend=...)` the same backend serves the next Parallel
         # call: keep its GPU threads; they stop when the backend is collected or shut down.
         if get_active_backend()[0] is not self:
@@ -216,9 +206,9 @@ class DeviceBackend(ParallelBackendBase):
         result (they include queueing and transfer to worker processes).
         """
         out = {}
-        for kind, (calls, batches, seconds) in self._cpu_stats.items():
+        for route, (calls, batches, seconds) in self._cpu_stats.items():
             if calls:
-                out[kind] = {"calls": calls, "batches": batches, "seconds": seconds}
+                out[route] = {"calls": calls, "batches": batches, "seconds": seconds}
         for device_id, worker in self.workers.items():
             if worker.calls:
                 out[device_id] = {"calls": worker.calls, "batches": worker.batches,
@@ -235,82 +225,21 @@ class DeviceBackend(ParallelBackendBase):
 
     # --- internals ----------------------------------------------------------------------
 
-    @property
-    def _cpu_batching(self):
-        """The backend whose auto batching policy joblib's batch size follows."""
-        if getattr(self, "_batcher", None) is None:
-            self._batcher = LokyBackend(nesting_level=self.nesting_level)
-        return self._batcher
-
-    def _resolve_cpu_jobs(self, n_jobs):
-        n = self.n_cpu_jobs if self.n_cpu_jobs is not None else n_jobs
-        if n is None:
-            return 1
-        if n == 0:
-            raise ValueError("n_jobs == 0 in Parallel has no meaning")
-        return max(cpu_count() + 1 + n, 1) if n < 0 else n
-
-    def _route(self, items):
-        """Positions of the calls per target: a GPU id, or a CPU executor kind.
-
-        A call without device-array arguments routes by its function alone, so a batch
-        makes one decision per distinct function (and its calls stay together). The
-        common batch, one function and no device arrays, maps to ``{target: None}``.
-        """
-        array_types = device_array_types() if self.workers else ()
-        if not array_types:
-            functions = {id(f): f for f, _, _ in items}
-            if len(functions) == 1:
-                return {self._target(next(iter(functions.values())), (), {}): None}
-        groups, by_function = {}, {}
-        for position, (function, args, kwargs) in enumerate(items):
-            if array_types and holds_any(array_types, args, kwargs):
-                target = self._target(function, args, kwargs)  # data affinity applies
-            else:
-                target = by_function.get(id(function))
-                if target is None:
-                    target = by_function[id(function)] = self._target(function, (), {})
-            groups.setdefault(target, []).append(position)
-        return groups
-
-    def _target(self, function, args, kwargs):
-        device = self.router.route(function, args, kwargs, self._load)
-        if device.is_gpu:
-            return device.id
-        if type(function) is Kernel and function.nogil:
-            return _THREAD
-        return self._default_cpu
+    def _cpu_n_jobs(self, n_jobs):
+        """CPU workers for a call's ``n_jobs`` (or the backend's ``n_cpu_jobs``)."""
+        return cpu_n_jobs(self.n_cpu_jobs if self.n_cpu_jobs is not None else n_jobs)
 
     def _failed(self, error, callback):
-        """An outcome that raises ``error``, its callback fired on the callback thread."""
-        outcome = Outcome()
-        outcome.error = error
+        """A Future that raises ``error``, its callback fired on the callback thread."""
+        future = failed(error)
         if callback is not None:
-            self._callbacks.call(callback, outcome)
-        return outcome
-
-    def _load(self, device_id):
-        return self.workers[device_id].pending_calls
+            self._callbacks.call(callback, future)
+        return future
 
     def _submit_part(self, target, batch, callback):
         worker = self.workers.get(target)
         if worker is not None:
-            outcome = Outcome()
-            started, whole, gpu_bound = time.perf_counter(), len(batch), self._gpu_bound
-
-            def done(result, error):
-                outcome.value, outcome.error = result, error
-                if gpu_bound and error is None:
-                    self._dispatch_sizer.completed(whole, time.perf_counter() - started)
-                if callback is None:
-                    return
-                if self._accepting:
-                    self._callbacks.call(callback, outcome)
-                else:  # a call that outlived an abort: no callback thread to start again
-                    callback(outcome)
-
-            worker.submit(GPUTask(batch), done)
-            return outcome
+            return self._submit_gpu(worker, batch, callback)
         submit = self._cpu_executor(target)[0]
         started, n_calls = time.perf_counter(), len(batch)
         stats = self._cpu_stats[target]
@@ -321,45 +250,57 @@ class DeviceBackend(ParallelBackendBase):
                 stats[0] += n_calls
                 stats[1] += 1
                 stats[2] += seconds
-            self._cpu_batching.batch_completed(n_calls, seconds)
+            self.batching.cpu_batch_completed(n_calls, seconds)
             if callback is not None:
                 callback(future)
 
-        if has_batched_form(batch.items, "cpu"):
+        if has_batched_form(batch.items, HOST.runs):
             batch = FusedCPUBatch(batch)
         future = submit(batch)
         future.add_done_callback(cpu_done)
         return future
 
-    def _cpu_executor(self, kind):
-        if kind not in self._cpu:
-            self._cpu[kind] = (self._make_loky() if kind == _PROCESS and self._cpu_jobs > 1
-                               else self._make_threads(kind))
-        return self._cpu[kind]
+    def _submit_gpu(self, worker, batch, callback):
+        started, whole, gpu_bound = time.perf_counter(), len(batch), self.batching.gpu_bound
+        future = worker.submit(GPUTask(batch, worker.device))
+
+        def done(future):
+            if gpu_bound and not future.cancelled() and future.exception() is None:
+                self.batching.dispatch.completed(whole, time.perf_counter() - started)
+            if callback is None:
+                return
+            if self._accepting:
+                self._callbacks.call(callback, future)
+            else:  # a call that outlived an abort: no callback thread to start again
+                callback(future)
+
+        future.add_done_callback(done)
+        return future
+
+    def _cpu_executor(self, route):
+        if route not in self._cpu:
+            self._cpu[route] = (self._make_loky() if route == CPU_PROCESSES
+                                and self._cpu_jobs > 1 else self._make_threads(route))
+        return self._cpu[route]
 
     def _make_loky(self):
-        loky = LokyBackend(nesting_level=self.nesting_level,
-                           inner_max_num_threads=self.inner_max_num_threads)
         try:
-            loky.configure(n_jobs=self._cpu_jobs, parallel=self.parallel, **self._loky_kwargs)
+            return make_loky(self.parallel, self._cpu_jobs, self.nesting_level,
+                             self.inner_max_num_threads, **self._loky_kwargs)
         except FallbackToBackend:  # e.g. below a thread or in a daemon process
-            return self._make_threads(_PROCESS, n_threads=1)
-        folders, call_id = loky._workers._temp_folder_manager, self.parallel._id
+            return self._make_threads(CPU_PROCESSES, n_threads=1)
 
-        def submit(batch):
-            # What joblib does for its own LokyBackend only: while a batch is pickled,
-            # memmapped arrays go to this Parallel call's temporary folder, which
-            # loky.terminate() then deletes (without it the files outlive the call).
-            inner = batch.batch if isinstance(batch, FusedCPUBatch) else batch
-            inner._reducer_callback = functools.partial(folders.set_current_context, call_id)
-            return loky.submit(batch)
+    def _make_threads(self, route, n_threads=None):
+        n_threads = n_threads or self._cpu_jobs
+        limits = HOST.thread_limits(n_threads)
+        limits.__enter__()  # held while the pool lives: its threads compute on the host
+        pool = ThreadPoolExecutor(n_threads, thread_name_prefix=f"devicejoblib-{route}")
 
-        return (submit, loky.terminate, lambda: loky.abort_everything(ensure_ready=False))
+        def shutdown(cancel_futures=False):
+            pool.shutdown(cancel_futures=cancel_futures)
+            limits.__exit__(None, None, None)
 
-    def _make_threads(self, kind, n_threads=None):
-        pool = ThreadPoolExecutor(n_threads or self._cpu_jobs,
-                                  thread_name_prefix=f"devicejoblib-{kind}")
-        return (pool.submit, pool.shutdown, lambda: pool.shutdown(cancel_futures=True))
+        return pool.submit, shutdown, functools.partial(shutdown, cancel_futures=True)
 
 
 def _release(threads, resident):

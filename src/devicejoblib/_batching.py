@@ -1,14 +1,19 @@
-"""Per-device batch sizes: how many calls a GPU worker takes from its queue at once.
+"""Batch sizes: one policy per backend, with a launch sizer per GPU.
 
 joblib has one batch size per ``Parallel`` call, tuned for loky processes (batches of
 0.2 to 2 s). A GPU wants batches big enough to amortise its launch and synchronisation
 overhead — and, with fused launches, as many calls per launch as fit — but small enough
-to fit its free memory. Each GPU therefore has its own :class:`GPUBatchSizer`.
+to fit its free memory. Each GPU therefore has its own :class:`GPUBatchSizer`; the
+:class:`BatchPolicy` holds them, the user's ``batch_size`` and ``max_batch_size``, the
+size handed to joblib while calls go to GPUs, and joblib's auto batching for the CPU.
 """
 
 from __future__ import annotations
 
 import threading
+
+from ._joblib_adapters import cpu_auto_batching
+from ._utils import check_count
 
 #: Growth stops when doubling the batch no longer cuts the time per call by this factor.
 PLATEAU = 0.9
@@ -21,6 +26,59 @@ MIN_START = 8
 #: Full batches measured at a size before deciding whether doubling paid (the best
 #: counts: one slow sample, e.g. another thread holding the GIL, must not stop growth).
 SAMPLES = 2
+
+
+class BatchPolicy:
+    """The batch sizes of one backend.
+
+    Parameters
+    ----------
+    max_batch_size : int, optional
+        Upper bound for every automatic size (CPU batches, launches, dispatch).
+    nesting_level : int, optional
+        The backend's, for joblib's CPU auto batching.
+    """
+
+    def __init__(self, max_batch_size=None, nesting_level=None):
+        self.max_batch_size = check_count("max_batch_size", max_batch_size, allow_none=True)
+        self.fixed = None  # the user's batch_size=<int>, which wins over everything
+        self.gpu_bound = False  # whether the last batch went to GPUs only
+        self.launch_sizers = {}  # device id -> GPUBatchSizer
+        self.dispatch = DispatchBatchSizer(self)
+        self.cpu = cpu_auto_batching(nesting_level)
+
+    def launch_sizer(self, device):
+        """The launch sizer of ``device`` (made on first use)."""
+        if device.id not in self.launch_sizers:
+            self.launch_sizers[device.id] = GPUBatchSizer(device, self)
+        return self.launch_sizers[device.id]
+
+    def start_call(self, parallel):
+        """A ``Parallel`` call starts: its fixed ``batch_size``, if any, applies."""
+        fixed = getattr(parallel, "batch_size", "auto")
+        self.fixed = fixed if isinstance(fixed, int) else None
+        self.cpu.parallel = parallel
+
+    def end_call(self):
+        """The call ended: forget its CPU and dispatch measurements (GPU sizers keep
+        what they learnt: the next call of the same backend starts from it)."""
+        self.cpu.reset_batch_stats()
+        self.cpu.parallel = None
+        self.dispatch.reset()
+        self.gpu_bound = False
+
+    def cap(self, size):
+        return size if self.max_batch_size is None else min(size, self.max_batch_size)
+
+    def compute_batch_size(self):
+        """joblib's batch size: the GPUs' while calls go to GPUs only, else joblib's
+        auto policy for loky (fed with the CPU parts' durations only)."""
+        if self.gpu_bound and self.launch_sizers:
+            return self.dispatch.compute(min(s.size for s in self.launch_sizers.values()))
+        return self.cap(self.cpu.compute_batch_size())
+
+    def cpu_batch_completed(self, n_calls, seconds):
+        self.cpu.batch_completed(n_calls, seconds)
 
 
 class GPUBatchSizer:
@@ -37,14 +95,13 @@ class GPUBatchSizer:
     Parameters
     ----------
     device : Device
-    max_batch_size : int, optional
-        Upper bound for the automatic size.
+    policy : BatchPolicy, optional
+        Where the fixed size and ``max_batch_size`` are read.
     """
 
-    def __init__(self, device, max_batch_size=None):
+    def __init__(self, device, policy=None):
         self.device = device
-        self.max_batch_size = max_batch_size
-        self.fixed = None
+        self.policy = policy or BatchPolicy()
         self.bytes_per_call = 0
         self._ceiling = None  # set by an out-of-memory error
         self._lock = threading.Lock()
@@ -61,10 +118,10 @@ class GPUBatchSizer:
     @property
     def size(self):
         """The number of calls the next batch should hold."""
-        if self.fixed is not None:
-            return self.fixed
+        if self.policy.fixed is not None:
+            return self.policy.fixed
         size = self._size
-        for cap in (self.max_batch_size, self._ceiling, self.memory_cap()):
+        for cap in (self.policy.max_batch_size, self._ceiling, self.memory_cap()):
             if cap is not None:
                 size = min(size, cap)
         return max(size, 1)
@@ -76,11 +133,13 @@ class GPUBatchSizer:
             return None
         return max(int(MEMORY_FRACTION * free // self.bytes_per_call), 1)
 
-    def record(self, n_calls, seconds, bytes_per_call=0):
+    def note_bytes(self, bytes_per_call):
+        """The most bytes a call moved so far (stacked arguments and results)."""
+        self.bytes_per_call = max(self.bytes_per_call, bytes_per_call)
+
+    def record(self, n_calls, seconds):
         """Account for a batch of ``n_calls`` that took ``seconds`` on the device."""
-        if bytes_per_call > self.bytes_per_call:
-            self.bytes_per_call = bytes_per_call
-        if self.fixed is not None or self.settled:
+        if self.policy.fixed is not None or self.settled:
             return
         with self._lock:
             if n_calls < self.size:
@@ -109,7 +168,7 @@ class GPUBatchSizer:
 
     def describe(self):
         """The state, for the dispatch report."""
-        how = ("fixed" if self.fixed is not None else "settled" if self.settled
+        how = ("fixed" if self.policy.fixed is not None else "settled" if self.settled
                else "growing")
         return {"batch_size": self.size, "batch_policy": how,
                 "per_call_seconds": dict(sorted(self._per_call.items()))}
@@ -127,8 +186,8 @@ class DispatchBatchSizer:
 
     target = 0.05
 
-    def __init__(self, max_batch_size=None):
-        self.max_batch_size = max_batch_size
+    def __init__(self, policy):
+        self.policy = policy
         self.reset()
 
     def reset(self):
@@ -136,8 +195,7 @@ class DispatchBatchSizer:
 
     def compute(self, gpu_size):
         """The batch size to hand joblib, given the GPUs' current launch size."""
-        size = max(self.size or 0, gpu_size)
-        return size if self.max_batch_size is None else min(size, self.max_batch_size)
+        return self.policy.cap(max(self.size or 0, gpu_size))
 
     def completed(self, n_calls, seconds):
         """A GPU-bound batch of ``n_calls`` took ``seconds`` from dispatch to completion."""

@@ -2,69 +2,59 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 
 _local = threading.local()
-_numba_simulator_lock = threading.Lock()
 
 
-class _Binding:
-    """What a GPU worker thread sets for the calls it runs."""
-
-    def __init__(self, device, keep_on_device=False):
-        self.device = device
-        self.keep_on_device = keep_on_device
-
-
-def bind_thread(device, keep_on_device=False):
+def bind_thread(device):
     """Bind the calling thread (a GPU worker) to ``device`` for every call it runs."""
-    _local.binding = _Binding(device, keep_on_device)
+    _local.device = device
 
 
-def binding():
-    """The calling thread's binding, or None on a thread that runs CPU calls."""
-    return getattr(_local, "binding", None)
+def bound_device():
+    """The device the calling thread is bound to, or None on a thread of CPU calls."""
+    return getattr(_local, "device", None)
 
 
 def current_device():
     """The device the calling code runs on.
 
-    Inside a call that devicejoblib runs on a GPU (real or simulated) this is that
-    GPU's :class:`~devicejoblib.Device`; everywhere else it is the CPU device.
+    Returns
+    -------
+    Device
+        Inside a call that devicejoblib runs on a GPU (real or simulated), that GPU;
+        everywhere else the CPU device.
     """
-    bound = binding()
-    if bound is not None:
-        return bound.device
+    device = bound_device()
+    if device is not None:
+        return device
     from ._devices import cpu_device
 
     return cpu_device()
 
 
 def array_module():
-    """NumPy or CuPy: the array module for the device the calling code runs on.
+    """The array module of the device the calling code runs on.
 
-    CuPy on a real GPU's worker thread; NumPy on the CPU and on simulated GPUs. Write a
-    kernel once against ``xp = array_module()`` and it runs on either.
+    Returns
+    -------
+    module
+        CuPy on a CuPy GPU's worker thread; NumPy on the CPU, on simulated GPUs and on
+        GPUs seen through Numba alone. Write a kernel once against
+        ``xp = array_module()`` and it runs on either.
     """
-    bound = binding()
-    if bound is not None and not bound.device.simulated:
-        import cupy
-
-        return cupy
-    import numpy
-
-    return numpy
+    return current_device().platform.array_module()
 
 
 def numba_cuda_lock():
-    """Hold this around a Numba CUDA launch that may run on a simulated GPU.
+    """The lock to hold around a Numba CUDA launch that may run under the simulator.
 
-    Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) has one device and cannot run
-    two kernels at once: on simulated GPUs every launch takes one process-wide lock.
-    On a real GPU it is a no-op context manager.
+    Returns
+    -------
+    context manager
+        Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) has one device and cannot
+        run two kernels at once: on the CPU and on simulated GPUs this is one
+        process-wide lock; on a real GPU it does nothing.
     """
-    bound = binding()
-    if bound is not None and not bound.device.simulated:
-        return contextlib.nullcontext()
-    return _numba_simulator_lock
+    return current_device().platform.numba_launch_lock()

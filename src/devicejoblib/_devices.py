@@ -8,19 +8,17 @@ CUDA driver can be loaded.
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import importlib.util
 import os
 import re
-import sys
 import threading
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
+from . import _platforms
 from ._errors import DeviceDiscoveryWarning, DeviceUnavailableError, InvalidDeviceError
-from ._safe_import import cpu_count
-from ._utils import format_bytes, parse_bytes, warn_user
+from ._platforms import DEVICE_KINDS, HOST, SIMULATOR, Platform, get_platform
+from ._utils import format_bytes, parse_bytes, warn_once
 
 SIMULATE_GPUS_ENV = "DEVICEJOBLIB_SIMULATE_GPUS"
 SIMULATED_MEMORY_ENV = "DEVICEJOBLIB_SIMULATED_MEMORY"
@@ -28,11 +26,7 @@ SIMULATED_LATENCY_ENV = "DEVICEJOBLIB_SIMULATED_LAUNCH_LATENCY"
 DEFAULT_SIMULATED_MEMORY = 16 * 2**30
 MAX_SIMULATED_GPUS = 64
 
-#: The registry of device kinds: canonical name -> the spellings a spec may use.
-DEVICE_KINDS = {"cpu": ("cpu",), "cuda": ("cuda", "gpu")}
-_SPELLINGS = {alias: kind for kind, aliases in DEVICE_KINDS.items() for alias in aliases}
 _SPEC = re.compile(r"^([a-z]+)(?::(\d+))?$")
-_DRIVER_LIBRARIES = {"linux": "libcuda.so.1", "win32": "nvcuda.dll"}
 _HINT = f"(set CUDA_VISIBLE_DEVICES or {SIMULATE_GPUS_ENV})"
 
 
@@ -42,11 +36,12 @@ class Device:
 
     Attributes
     ----------
-    kind : str
-        ``"cpu"`` or ``"cuda"`` (the keys of ``DEVICE_KINDS``).
+    platform : Platform
+        The kind of device (host CPU, simulated GPU, CuPy or Numba GPU): everything that
+        differs between kinds is asked of it. A registered platform's name is accepted.
     index : int or None
-        CUDA device index as the process sees it (after ``CUDA_VISIBLE_DEVICES``);
-        None for the CPU.
+        Device index as the process sees it (after ``CUDA_VISIBLE_DEVICES``); None for
+        the CPU.
     name : str
         Model name (``"NVIDIA H100 80GB HBM3"``, ``"simulated GPU"``, the CPU model).
     memory_total, memory_free : int or None
@@ -57,16 +52,12 @@ class Device:
         ``(major, minor)`` of a real GPU.
     cores : int or None
         CPUs this process may use (the CPU device only; cgroup and affinity aware).
-    simulated : bool
-        True for a host-backed simulated GPU (``DEVICEJOBLIB_SIMULATE_GPUS``).
-    provider : str
-        Who reported it: ``"os"``, ``"cupy"``, ``"numba"`` or ``"simulator"``.
     launch_latency : float
         Seconds a simulated GPU waits per launch (a call, or a fused group of calls),
         standing for a real GPU's launch and synchronisation cost; 0 for real devices.
     """
 
-    kind: str
+    platform: Platform
     index: int | None = None
     name: str = ""
     memory_total: int | None = None
@@ -74,9 +65,18 @@ class Device:
     multiprocessor_count: int | None = None
     compute_capability: tuple[int, int] | None = None
     cores: int | None = None
-    simulated: bool = False
-    provider: str = "os"
     launch_latency: float = 0.0
+
+    def __post_init__(self):
+        if isinstance(self.platform, str):
+            object.__setattr__(self, "platform", get_platform(self.platform))
+        if isinstance(self.compute_capability, list):
+            object.__setattr__(self, "compute_capability", tuple(self.compute_capability))
+
+    @property
+    def kind(self):
+        """The device kind: ``"cpu"`` or ``"cuda"`` (the keys of ``DEVICE_KINDS``)."""
+        return self.platform.kind
 
     @property
     def id(self):
@@ -85,14 +85,33 @@ class Device:
 
     @property
     def is_gpu(self):
-        return self.kind == "cuda"
+        """Whether calls with a GPU implementation run on it (real or simulated)."""
+        return self.platform.is_gpu
+
+    @property
+    def simulated(self):
+        """True for a host-backed simulated GPU (``DEVICEJOBLIB_SIMULATE_GPUS``)."""
+        return self.platform.simulated
+
+    @property
+    def provider(self):
+        """The platform's name: ``"host"``, ``"simulator"``, ``"cupy"`` or ``"numba"``."""
+        return self.platform.name
 
     def __str__(self):
         return self.id + (" (simulated)" if self.simulated else "")
 
     def to_dict(self):
-        """The device as a JSON-ready dict (with its ``id``)."""
-        return {"id": self.id, **asdict(self)}
+        """The device as a JSON-ready dict (its ``id``, ``kind``, ``simulated`` and its
+        fields, the platform by name); :meth:`from_dict` reads it back."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {"id": self.id, "kind": self.kind, "simulated": self.simulated,
+                **values, "platform": self.platform.name}
+
+    @classmethod
+    def from_dict(cls, data):
+        """The device that :meth:`to_dict` described."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass(frozen=True)
@@ -146,9 +165,7 @@ class simulate_gpus:
         """``simulate_gpus(n)``; with ``n`` None, ``default`` simulated GPUs when this
         machine has no real GPU and none when it has (benchmarks and demos use this)."""
         if n is None:
-            with cls(0), warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeviceDiscoveryWarning)
-                n = 0 if any(d.is_gpu for d in devices()) else default
+            n = 0 if is_available(simulated=False) else default
         return cls(n)
 
     def __enter__(self):
@@ -160,7 +177,6 @@ class simulate_gpus:
 
 _cache: dict[tuple, Discovery] = {}
 _cache_lock = threading.Lock()
-_warned: set[str] = set()
 
 
 def devices(refresh=False):
@@ -185,13 +201,30 @@ def devices(refresh=False):
 
 def discover(refresh=False):
     """Full discovery result (devices, notes on missing GPUs, CUDA versions); cached."""
-    key = (_simulation(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    key = (_simulation(), os.environ.get("CUDA_VISIBLE_DEVICES"), _platforms.generation)
     with _cache_lock:
         if refresh or key not in _cache:
             if refresh:
                 cpu_device.cache_clear()
             _cache[key] = _discover(*key[0])
         return _cache[key]
+
+
+def is_available(kind="cuda", simulated=True):
+    """Whether this machine has a usable device of ``kind``; cached, never raises.
+
+    Parameters
+    ----------
+    kind : str
+        A device kind (a key of ``DEVICE_KINDS``).
+    simulated : bool
+        Count simulated GPUs (when simulation is on); False asks about real devices only.
+    """
+    if simulated:
+        return any(d.kind == kind for d in devices())
+    with simulate_gpus(0), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeviceDiscoveryWarning)
+        return any(d.kind == kind for d in devices())
 
 
 def parse_devices(spec=None):
@@ -243,21 +276,26 @@ def _parse_one(item, available):
 def _split_spec(item, available):
     if isinstance(item, Device):
         return item.kind, item.index
+    spellings = {alias: kind for kind, aliases in DEVICE_KINDS.items() for alias in aliases}
     if isinstance(item, int) and not isinstance(item, bool):
-        return "cuda", item
+        return _default_gpu_kind(available), item
     match = _SPEC.match(item.strip().lower()) if isinstance(item, str) else None
-    if match is None or match.group(1) not in _SPELLINGS:
-        spellings = ", ".join(repr(s) for s in _SPELLINGS)
+    if match is None or match.group(1) not in spellings:
         raise InvalidDeviceError(
-            f"Invalid device spec {item!r}: expected one of {spellings}, "
+            f"Invalid device spec {item!r}: expected one of {', '.join(map(repr, spellings))}, "
             f"'<kind>:<index>' such as 'cuda:0', a GPU index, a Device or a list of these; "
             f"{_machine_has(available)}")
-    kind = _SPELLINGS[match.group(1)]
+    kind = spellings[match.group(1)]
     index = None if match.group(2) is None else int(match.group(2))
-    if kind == "cpu" and index not in (None, 0):
+    if kind == HOST.kind and index not in (None, 0):
         raise InvalidDeviceError(f"Invalid device {item!r}: the CPU is one device, 'cpu'; "
                                  f"{_machine_has(available)}")
-    return kind, None if kind == "cpu" else index
+    return kind, None if kind == HOST.kind else index
+
+
+def _default_gpu_kind(available):
+    """The kind a bare GPU index means: that of this machine's GPUs, else CUDA's."""
+    return next((d.kind for d in available if d.is_gpu), SIMULATOR.kind)
 
 
 def _machine_has(available):
@@ -269,144 +307,54 @@ def _machine_has(available):
 def _discover(n_simulated, simulated_memory, latency):
     cpu = cpu_device()
     if n_simulated:
-        gpus = tuple(Device("cuda", i, name="simulated GPU", memory_total=simulated_memory,
-                            memory_free=simulated_memory, multiprocessor_count=cpu.cores,
-                            simulated=True, provider="simulator", launch_latency=latency)
-                     for i in range(n_simulated))
+        found, _ = SIMULATOR.probe(count=n_simulated, memory=simulated_memory,
+                                   latency=latency, multiprocessors=cpu.cores)
         note = (f"{n_simulated} simulated GPU(s) of {format_bytes(simulated_memory)} each "
                 f"({SIMULATE_GPUS_ENV} or simulate_gpus()); real GPUs are not probed")
-        return Discovery((cpu, *gpus), (note,))
-    gpus, notes, versions = _discover_cuda()
+        return Discovery((cpu, *(Device(SIMULATOR, **props) for props in found)), (note,))
+    gpus, notes, versions = _discover_real()
     return Discovery((cpu, *gpus), tuple(notes), versions)
 
 
 @functools.cache
 def cpu_device():
-    """The CPU device alone, without probing CUDA (cached; memory read once)."""
-    page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
-    total = _sysconf("SC_PHYS_PAGES") * page if page else None
-    free = _sysconf("SC_AVPHYS_PAGES") * page if page else None
-    return Device("cpu", name=_cpu_model(), memory_total=total or None,
-                  memory_free=free or None, cores=cpu_count())
+    """The CPU device alone, without probing GPUs (cached; memory read once)."""
+    (props,), _ = HOST.probe()
+    return Device(HOST, **props)
 
 
-def _sysconf(name):
-    try:
-        return os.sysconf(name)
-    except (ValueError, OSError):
-        return 0
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine() or "CPU"
-
-
-def _discover_cuda():
-    """(gpus, notes, cuda_versions) from the first CUDA package that sees devices."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return [], [f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"], {}
-    installed = [name for name in _CUDA_PROBES if importlib.util.find_spec(name)]
+def _discover_real():
+    """(devices, notes, versions) from the first platform of real GPUs that sees some."""
+    candidates = [p for p in _platforms.platforms() if p.is_gpu and not p.simulated]
+    installed = [p for p in candidates if p.installed()]
     if not installed:
-        return [], ["no CUDA package is installed (pip install cupy-cuda12x or "
-                    "cupy-cuda13x)"], {}
-    driver_error = _driver_error()
-    if driver_error:
-        note = f"{' and '.join(installed)} installed but no CUDA driver: {driver_error}"
-        return [], [_warn_if_cupy(note, installed)], {}
-    notes = []
-    for name in installed:
-        try:
-            gpus, versions = _CUDA_PROBES[name]()
-        except Exception as exc:  # a broken CUDA must never break discovery
-            notes.append(f"{name} found no usable GPU: {type(exc).__name__}: {exc}")
+        packages = " or ".join(p.package for p in candidates if p.package)
+        return [], [f"no GPU package is installed ({packages}; pip install cupy-cuda12x "
+                    "or cupy-cuda13x)"], {}
+    unusable, hidden = {}, []  # reason -> packages; reasons the user chose
+    for platform in installed:
+        reason = platform.hidden_by_user()
+        if reason is not None:
+            hidden.append(reason)
             continue
-        if gpus:
-            return gpus, notes, versions
-        notes.append(f"{name} sees no CUDA device")
-    return [], [_warn_if_cupy("; ".join(notes), installed)], {}
-
-
-def _warn_if_cupy(note, installed):
-    """Warn once when CuPy (installed only for GPUs) finds none; Numba is a CPU JIT too."""
-    if "cupy" in installed and note not in _warned:
-        _warned.add(note)
-        warn_user(f"{note}; devicejoblib runs on the CPU", DeviceDiscoveryWarning)
-    return note
-
-
-def _driver_error():
-    """Why the CUDA driver library cannot be loaded, or None when it can."""
-    library = next((lib for plat, lib in _DRIVER_LIBRARIES.items()
-                    if sys.platform.startswith(plat)), None)
-    if library is None:
-        return f"CUDA has no driver on {sys.platform}"
-    try:
-        ctypes.CDLL(library)
-    except OSError as exc:
-        return f"{library} could not be loaded ({exc})"
-    return None
-
-
-def _probe_cupy():
-    import cupy
-
-    runtime = cupy.cuda.runtime
-    gpus = []
-    for index in range(runtime.getDeviceCount()):
-        props = runtime.getDeviceProperties(index)
-        # memGetInfo needs a context; creating it here is safe because loky starts
-        # its workers with fork+exec, never a plain fork of this process.
-        with cupy.cuda.Device(index):
-            free, total = runtime.memGetInfo()
-        gpus.append(Device(
-            "cuda", index, name=_text(props["name"]), memory_total=total, memory_free=free,
-            multiprocessor_count=props["multiProcessorCount"],
-            compute_capability=(props["major"], props["minor"]), provider="cupy"))
-    versions = {"provider": f"cupy {cupy.__version__}"}
-    if not getattr(runtime, "is_hip", False):  # ROCm encodes its versions otherwise
-        local = getattr(cupy.cuda, "get_local_runtime_version", runtime.runtimeGetVersion)
-        versions.update(driver=_cuda_version(runtime.driverGetVersion()),
-                        runtime=_cuda_version(local()))
-    return gpus, versions
-
-
-def _probe_numba():
-    from numba import config, cuda
-
-    if getattr(config, "ENABLE_CUDASIM", 0) or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        raise RuntimeError("NUMBA_ENABLE_CUDASIM=1 makes numba.cuda a simulator, not a GPU "
-                           f"(use {SIMULATE_GPUS_ENV} for simulated GPUs)")
-    gpus = []
-    for gpu in cuda.gpus:
-        with gpu:
-            free, total = cuda.current_context().get_memory_info()
-        gpus.append(Device(
-            "cuda", gpu.id, name=_text(gpu.name), memory_total=total, memory_free=free,
-            multiprocessor_count=gpu.MULTIPROCESSOR_COUNT,
-            compute_capability=tuple(gpu.compute_capability), provider="numba"))
-    driver = cuda.cudadrv.driver.driver.get_version()
-    return gpus, {"provider": "numba", "driver": ".".join(map(str, driver))}
-
-
-_CUDA_PROBES = {"cupy": _probe_cupy, "numba": _probe_numba}
-
-
-def _text(value):
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _cuda_version(code):
-    return f"{code // 1000}.{code % 1000 // 10}"
+        reason = platform.unavailable_reason()
+        if reason is None:
+            try:
+                found, versions = platform.probe()
+            except Exception as exc:  # a broken CUDA must never break discovery
+                reason = f"found no usable GPU: {type(exc).__name__}: {exc}"
+            else:
+                if found:
+                    return [Device(platform, **props) for props in found], [], versions
+                reason = f"sees no {platform.kind} device"
+        unusable.setdefault(reason, []).append(platform)
+    notes = list(dict.fromkeys(hidden)) + [
+        f"{' and '.join(p.package for p in group)} {reason}"
+        for reason, group in unusable.items()]
+    note = "; ".join(notes)
+    if any(p.warn_when_unusable for group in unusable.values() for p in group):
+        warn_once(f"{note}; devicejoblib runs on the CPU", DeviceDiscoveryWarning)
+    return [], [note], {}
 
 
 # --- simulation settings -------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Exceptions and warnings raised by devicejoblib."""
 
+from concurrent.futures import BrokenExecutor
+
 
 class InvalidDeviceError(ValueError):
     """A device spec that is not well formed, or names a device this machine lacks."""
@@ -7,6 +9,11 @@ class InvalidDeviceError(ValueError):
 
 class DeviceUnavailableError(RuntimeError):
     """A GPU was asked for explicitly but this machine has none usable."""
+
+
+class BrokenDeviceError(BrokenExecutor):
+    """A device's worker cannot run calls (binding it to its device failed, the device
+    was lost); the device is named and the underlying error chained as the cause."""
 
 
 class DeviceDiscoveryWarning(RuntimeWarning):

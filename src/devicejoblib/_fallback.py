@@ -14,10 +14,10 @@ import re
 import sys
 import threading
 import time
-import warnings
 from math import floor, log10, sqrt
 
 from ._errors import JoblibMissingWarning
+from ._utils import is_whole, warn_once
 
 _BACKENDS = ("loky", "threading", "multiprocessing", "sequential", "device")
 _RETURN_AS = ("list", "generator", "generator_unordered")
@@ -28,7 +28,6 @@ _PRE_DISPATCH = re.compile(
 )
 _INSTALL_HINT = "install it with `pip install joblib` to run calls in parallel"
 
-_warned = threading.Event()
 _config = threading.local()
 
 
@@ -195,10 +194,8 @@ def _unpack(task, position):
 
 
 def _warn_missing_joblib():
-    if not _warned.is_set():
-        _warned.set()
-        warnings.warn(f"joblib is not importable: Parallel runs calls sequentially; "
-                      f"{_INSTALL_HINT}", JoblibMissingWarning, stacklevel=3)
+    warn_once(f"joblib is not importable: Parallel runs calls sequentially; {_INSTALL_HINT}",
+              JoblibMissingWarning)
 
 
 def _check_choice(name, value, allowed):
@@ -208,7 +205,7 @@ def _check_choice(name, value, allowed):
 
 
 def _check_n_jobs(n_jobs):
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0:
+    if not is_whole(n_jobs) or n_jobs == 0:
         raise ValueError(f"Invalid n_jobs={n_jobs!r}: expected a non-zero integer "
                          "(-1 for all CPUs) or None")
 
@@ -223,13 +220,13 @@ def _check_backend(backend):
 def _check_batch_size(batch_size):
     if batch_size == "auto":
         return
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_whole(batch_size) or batch_size < 1:
         raise ValueError(f"Invalid batch_size={batch_size!r}: expected 'auto' or a "
                          "positive integer")
 
 
 def _check_pre_dispatch(pre_dispatch):
-    if isinstance(pre_dispatch, int) and not isinstance(pre_dispatch, bool):
+    if is_whole(pre_dispatch):
         if pre_dispatch >= 1:
             return
     elif isinstance(pre_dispatch, str) and _PRE_DISPATCH.match(pre_dispatch):

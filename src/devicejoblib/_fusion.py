@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import inspect
 import sys
-import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._arrays import to_host
-from ._context import array_module
 from ._kernels import Kernel
 from ._utils import warn_user
 
@@ -26,28 +25,40 @@ class Failure:
         self.error = error
 
 
-def run_calls(calls, device, keep_on_device=False, max_fused=None, stats=None,
-              on_out_of_memory=None):
-    """Results of ``calls`` (``(function, args, kwargs)``) on ``device``, in order.
+@dataclass
+class Ran:
+    """What running a list of calls gave: one result (or :class:`Failure`) per call, the
+    most bytes a fused call moved (stacked arguments and results), and the ``(calls,
+    seconds)`` of each fused launch, results on the host included."""
+
+    results: list
+    bytes_per_call: int = 0
+    launches: list = field(default_factory=list)
+
+    def record_launch(self, n_calls, seconds, moved_bytes):
+        self.bytes_per_call = max(self.bytes_per_call, moved_bytes // n_calls)
+        self.launches.append((n_calls, seconds))
+
+
+def run_calls(calls, device, keep_on_device=False, max_fused=None, on_out_of_memory=None):
+    """Run ``calls`` (``(function, args, kwargs)``) on ``device``, in order: a :class:`Ran`.
 
     At most ``max_fused`` calls go into one fused launch. A call that raised has a
     :class:`Failure` in its slot. Out of memory, a fused launch is split in halves (and
     ``on_out_of_memory(calls)`` told its size); a single call is retried once after the
-    memory pool's cached blocks are freed. ``stats``, when given, receives
-    ``"bytes_per_call"`` (the most bytes a fused call moved: stacked arguments and
-    results) and ``"launches"``: ``(calls, seconds)`` of each fused launch, results on
-    the host included.
+    memory pool's cached blocks are freed.
     """
-    kind = "cuda" if device.is_gpu else "cpu"
-    if not has_batched_form(calls, kind):
-        return [run_one(call, device, keep_on_device) for call in calls]
-    results = [None] * len(calls)
-    pending = plan(calls, kind, max_fused)
+    runs = device.platform.runs
+    if not has_batched_form(calls, runs):
+        return Ran([run_one(call, device, keep_on_device) for call in calls])
+    ran = Ran([None] * len(calls))
+    results = ran.results
+    pending = plan(calls, runs, max_fused)
     while pending:
         form, positions, arguments = pending.pop(0)
         if form is not None:
             function = calls[positions[0]][0]
-            rows = _run_fused(function, form, arguments, device, keep_on_device, stats)
+            rows = _run_fused(function, form, arguments, device, keep_on_device, ran)
             if rows is _OUT_OF_MEMORY:
                 if on_out_of_memory is not None:
                     on_out_of_memory(len(positions))
@@ -62,18 +73,19 @@ def run_calls(calls, device, keep_on_device=False, max_fused=None, stats=None,
                 continue
         for position in positions:
             results[position] = run_one(calls[position], device, keep_on_device)
-    return results
+    return ran
 
 
-def has_batched_form(calls, kind):
-    """Whether a kernel among ``calls`` has a batched form for ``kind``."""
+def has_batched_form(calls, runs):
+    """Whether a kernel among ``calls`` has a batched form for its ``runs``
+    implementation (``"cpu"`` or ``"cuda"``)."""
     for function, _, _ in calls:
-        if type(function) is Kernel and function.batched_form(kind) is not None:
+        if type(function) is Kernel and function.batched_form(runs) is not None:
             return True
     return False
 
 
-def plan(calls, kind, max_fused=None):
+def plan(calls, runs, max_fused=None):
     """Groups of fusable calls and single calls: ``(form or None, positions, arguments)``.
 
     Fusable calls share a kernel's batched form for ``kind``, array arguments of equal
@@ -82,7 +94,7 @@ def plan(calls, kind, max_fused=None):
     """
     groups, order = {}, []
     for position, (function, args, kwargs) in enumerate(calls):
-        form = function.batched_form(kind) if type(function) is Kernel else None
+        form = function.batched_form(runs) if type(function) is Kernel else None
         key, arguments = _fusion_key(form, args, kwargs) if form is not None else (None, None)
         if key is None:
             order.append((None, [position], None))
@@ -100,40 +112,27 @@ def plan(calls, kind, max_fused=None):
 def run_one(call, device, keep_on_device, retry=True):
     """One call, unfused; its result (moved to the host) or its :class:`Failure`."""
     function, args, kwargs = call
+    platform = device.platform
     try:
-        if device.launch_latency:
-            _simulate_launch(device)
+        platform.simulate_launch(device)
         return to_host(function(*args, **kwargs), device, keep_on_device)
     except Exception as exc:
-        if not (retry and is_out_of_memory(exc)):
+        if not (retry and platform.is_out_of_memory(exc)):
             add_note(exc, f"raised by {describe(function, args, kwargs)} on {device}")
             return Failure(exc)
         error = exc
-    _forget(error)
+    _forget(error, device)
     return run_one(call, device, keep_on_device, retry=False)
 
 
-_OOM_CODES = ("CUDA_ERROR_OUT_OF_MEMORY", "cudaErrorMemoryAllocation")
 _OUT_OF_MEMORY = object()
 
 
-def _forget(error):
+def _forget(error, device):
     """After an out-of-memory error, outside its except block: drop the traceback (its
     frames hold the failed launch's arrays) and free the pool's cached blocks."""
     error.__traceback__ = None
-    cupy = sys.modules.get("cupy")
-    if cupy is not None:
-        cupy.get_default_memory_pool().free_all_blocks()
-
-
-def is_out_of_memory(exc):
-    """Out of device memory: retry with fewer calls.
-
-    CuPy's ``OutOfMemoryError`` (a ``MemoryError``), a plain ``MemoryError``, and the
-    CUDA errors that Numba (``CudaAPIError``) and CuPy's runtime calls raise for it.
-    """
-    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
-            or any(code in str(exc) for code in _OOM_CODES))
+    device.platform.free_cached_memory()
 
 
 def _fusion_key(form, args, kwargs):
@@ -163,9 +162,10 @@ def _fusion_key(form, args, kwargs):
     return tuple(key), arguments
 
 
-def _run_fused(kernel, form, arguments, device, keep_on_device, stats):
+def _run_fused(kernel, form, arguments, device, keep_on_device, ran):
     """Rows of one fused launch; None when the batched form failed (run them unfused)."""
-    xp = array_module()
+    platform = device.platform
+    xp = platform.array_module()
     first = arguments[0]
     stacked = {}
     for name, value in first.items():
@@ -179,28 +179,23 @@ def _run_fused(kernel, form, arguments, device, keep_on_device, stats):
     bound = inspect.BoundArguments(form.signature, stacked)
     args = (kernel.state(device), *bound.args) if form.stateful else bound.args
     try:
-        clock = launch_clock(device)
-        start = clock()
-        _simulate_launch(device)
+        elapsed = platform.start_timer(device)
+        platform.simulate_launch(device)
         out = form.function(*args, **bound.kwargs)
         rows = _split(to_host(out, device, keep_on_device), len(arguments))
-        if keep_on_device and not device.simulated:
-            xp.cuda.get_current_stream().synchronize()  # time the launch, not its queueing
-        if stats is not None:
-            moved = sum(getattr(v, "nbytes", 0) for v in (*stacked.values(), *_parts(out)))
-            stats["bytes_per_call"] = max(stats.get("bytes_per_call", 0),
-                                          moved // len(arguments))
-            stats.setdefault("launches", []).append(
-                (len(arguments), clock() - start + device.launch_latency))
+        if keep_on_device:
+            platform.synchronize()  # time the launch, not its queueing
+        moved = sum(getattr(v, "nbytes", 0) for v in (*stacked.values(), *_parts(out)))
+        ran.record_launch(len(arguments), elapsed(), moved)
         return rows
     except Exception as exc:
-        if not is_out_of_memory(exc):
+        if not platform.is_out_of_memory(exc):
             warn_user(f"the batched form of {form.function.__qualname__} raised "
                       f"{type(exc).__name__}: {exc}; its {len(arguments)} calls ran "
                       "unfused", RuntimeWarning)
             return None
         error = exc
-    _forget(error)
+    _forget(error, device)
     return _OUT_OF_MEMORY
 
 
@@ -221,19 +216,6 @@ def _split(out, n):
     if len(out) != n:
         raise ValueError(f"a batched form returned {len(out)} rows for {n} calls")
     return list(out)
-
-
-def launch_clock(device):
-    """The clock that times a launch: wall time on a real GPU (after its results are on
-    the host, i.e. synchronised); on a simulated one, the worker thread's CPU time, so
-    that the other simulated GPUs' turns at the GIL do not count (its simulated latency
-    is a sleep: add ``device.launch_latency``)."""
-    return time.thread_time if device.simulated else time.perf_counter
-
-
-def _simulate_launch(device):
-    if device.launch_latency:
-        time.sleep(device.launch_latency)  # like a real launch and sync: GIL released
 
 
 def add_note(exc, note):

@@ -7,7 +7,7 @@ import importlib
 import inspect
 import threading
 
-from ._context import binding, current_device
+from ._context import bound_device, current_device
 from ._errors import DeviceUnavailableError
 
 
@@ -127,10 +127,20 @@ class Kernel:
         return self._batched.get(kind)
 
     def on(self, device):
-        """This kernel pinned to ``device`` (``"cpu"``, ``"cuda:1"``, ``"gpu"``, a list...).
+        """This kernel, pinned to some devices.
 
-        The pin wins over every other routing rule; a device this machine lacks is an
-        error when the call is dispatched.
+        Parameters
+        ----------
+        device : device spec
+            ``"cpu"``, ``"cuda:1"``, ``"gpu"``, a GPU index or a list of these (see
+            :func:`devicejoblib.parse_devices`).
+
+        Returns
+        -------
+        Kernel
+            A kernel with the same implementations whose calls may only run there. The
+            pin wins over every other routing rule; a device the backend lacks is an
+            :class:`~devicejoblib.InvalidDeviceError` when the call is dispatched.
         """
         placed = Kernel(self._cpu, self._cuda, nogil=self.nogil, placement=device,
                         wraps=self.__wrapped__, batched=self._batched, setup=self._setup)
@@ -138,19 +148,16 @@ class Kernel:
         return placed
 
     def __call__(self, *args, **kwargs):
-        bound = binding()
+        device = bound_device()
         if self._setup is not None:
             args = (self.state(), *args)
-        if bound is None or self._cuda is None:
+        if device is None or device.platform.runs != "cuda" or self._cuda is None:
             if self._cpu is None:
                 raise DeviceUnavailableError(
                     f"kernel {self.__name__!r} has only a GPU implementation: run it through "
                     "Parallel with the 'device' backend on a GPU (real or simulated)")
             return self._cpu(*args, **kwargs)
-        if not bound.device.simulated:
-            from ._arrays import to_device
-
-            args, kwargs = to_device(args, kwargs, bound.device)
+        args, kwargs = device.platform.to_device(args, kwargs)
         return self._cuda(*args, **kwargs)
 
     def __repr__(self):

@@ -6,46 +6,122 @@
    placement allows it);
 3. capability: a kernel with a GPU implementation goes to the least loaded GPU; anything
    else goes to the CPU.
+
+A call routed to the CPU then goes to loky worker processes, or to threads for ``nogil``
+kernels and when threads were asked for (``prefer="threads"``, ``require="sharedmem"``,
+``cpu_backend="threading"``).
 """
 
 from __future__ import annotations
 
-from ._arrays import device_id_of
+from ._arrays import holds_any
 from ._devices import parse_devices
+from ._errors import InvalidDeviceError
 from ._kernels import Kernel
-from ._utils import warn_user
+from ._platforms import device_array_types, home_of
+from ._utils import warn_once
+
+#: Routes of CPU calls, next to GPU ids: loky worker processes, or threads.
+CPU_PROCESSES, CPU_THREADS = "cpu", "cpu-threads"
 
 
 class Router:
-    """Routes calls over a fixed set of devices; caches the parsing of placements."""
+    """Routes the calls of joblib batches over a backend's devices.
 
-    def __init__(self, devices, placement=None):
+    Parameters
+    ----------
+    devices : sequence of Device
+        The backend's devices; placements are resolved against them.
+    placement : device spec, optional
+        Where calls may run unless a kernel is pinned with ``.on()``.
+    load : callable, optional
+        ``load(gpu_id)``: the calls pending on that GPU (default: none).
+    """
+
+    def __init__(self, devices, placement=None, load=None):
         self.devices = tuple(devices)
         self.gpus = tuple(d for d in self.devices if d.is_gpu)
         self.cpu = next((d for d in self.devices if not d.is_gpu), None)
         self._by_id = {d.id: d for d in self.devices}
+        self._load = load or (lambda device_id: 0)
         self._allowed_cache = {}
         self.default_allowed = self.allowed(placement) if placement is not None else None
-        self._warned = set()
+        self.cpu_route = CPU_PROCESSES
+
+    def configure(self, cpu_backend="loky", prefer=None, require=None):
+        """Where CPU calls go for the coming ``Parallel`` call: threads when asked for."""
+        threads = cpu_backend == "threading" or prefer == "threads" or require == "sharedmem"
+        self.cpu_route = CPU_THREADS if threads else CPU_PROCESSES
 
     def allowed(self, placement):
-        """The devices a placement spec allows, among this router's devices."""
+        """The devices of this router that ``placement`` allows.
+
+        Raises
+        ------
+        InvalidDeviceError
+            The placement names a device this router (the backend) does not have.
+        DeviceUnavailableError
+            It asks for a kind of device this machine lacks.
+        """
         key = repr(placement)
         if key not in self._allowed_cache:
-            wanted = parse_devices(placement)
-            self._allowed_cache[key] = tuple(self._by_id.get(d.id, d) for d in wanted)
+            items = placement if isinstance(placement, (list, tuple)) else [placement]
+            chosen = []
+            for item in items or [placement]:
+                chosen.extend(d for d in self._resolve(item, placement) if d not in chosen)
+            self._allowed_cache[key] = tuple(chosen)
         return self._allowed_cache[key]
 
-    def route(self, function, args, kwargs, load):
-        """The device for one call of ``function(*args, **kwargs)``.
+    def _resolve(self, item, placement):
+        wanted = parse_devices(item)
+        inside = [self._by_id[d.id] for d in wanted if d.id in self._by_id]
+        if not inside:
+            has = ", ".join(str(d) for d in self.devices)
+            raise InvalidDeviceError(
+                f"Invalid placement {placement!r}: {item!r} is not among this backend's "
+                f"devices ({has}); give the backend devices= that include it, or place "
+                "the calls on one of those")
+        return inside
 
-        ``load`` maps a GPU's id to its number of pending calls.
+    def split(self, items):
+        """Positions of a batch's calls per target: a GPU id, or a CPU route.
+
+        A call without device-array arguments routes by its function alone, so a batch
+        makes one decision per distinct function (and its calls stay together). The
+        common batch, one function and no device arrays, maps to ``{target: None}``.
         """
+        array_types = device_array_types() if self.gpus else ()
+        if not array_types:
+            functions = {id(f): f for f, _, _ in items}
+            if len(functions) == 1:
+                return {self.target(next(iter(functions.values())), (), {}): None}
+        groups, by_function = {}, {}
+        for position, (function, args, kwargs) in enumerate(items):
+            if array_types and holds_any(array_types, args, kwargs):
+                target = self.target(function, args, kwargs)  # data affinity applies
+            else:
+                target = by_function.get(id(function))
+                if target is None:
+                    target = by_function[id(function)] = self.target(function, (), {})
+            groups.setdefault(target, []).append(position)
+        return groups
+
+    def target(self, function, args, kwargs):
+        """Where one call runs: a GPU's id, or :data:`CPU_PROCESSES` / :data:`CPU_THREADS`."""
+        device = self.route(function, args, kwargs)
+        if device.is_gpu:
+            return device.id
+        if type(function) is Kernel and function.nogil:
+            return CPU_THREADS
+        return self.cpu_route
+
+    def route(self, function, args, kwargs):
+        """The device for one call of ``function(*args, **kwargs)``."""
         placement = getattr(function, "placement", None) if type(function) is Kernel else None
         allowed = self.allowed(placement) if placement is not None else self.default_allowed
         if self.gpus and (args or kwargs):
             for value in (*args, *kwargs.values()):
-                device = self._by_id.get(device_id_of(value))
+                device = self._by_id.get(home_of(value))
                 if device is not None and (allowed is None or device in allowed):
                     return device
         candidates = allowed if allowed is not None else self.devices
@@ -54,15 +130,10 @@ class Router:
         cpu_possible = self.cpu in candidates and (type(function) is not Kernel
                                                    or function.has_cpu)
         if gpus and (has_gpu_impl or not cpu_possible):
-            return min(gpus, key=lambda d: load(d.id))
+            return min(gpus, key=lambda d: self._load(d.id))
         if has_gpu_impl and allowed is None and not self.gpus:
-            self._warn_cpu_fallback(function)
+            warn_once(f"kernel {function.__qualname__!r} has a GPU implementation but this "
+                      "machine has no GPU: its calls run on the CPU (set placement='gpu' to "
+                      "make this an error, or DEVICEJOBLIB_SIMULATE_GPUS to simulate GPUs)",
+                      RuntimeWarning)
         return self.cpu if cpu_possible else candidates[0]
-
-    def _warn_cpu_fallback(self, function):
-        name = function.__qualname__
-        if name not in self._warned:
-            self._warned.add(name)
-            warn_user(f"kernel {name!r} has a GPU implementation but this machine has no GPU: "
-                      "its calls run on the CPU (set placement='gpu' to make this an error, "
-                      "or DEVICEJOBLIB_SIMULATE_GPUS to simulate GPUs)", RuntimeWarning)

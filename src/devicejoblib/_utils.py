@@ -1,11 +1,14 @@
-"""Small helpers shared by several modules: byte sizes and warnings aimed at user code."""
+"""Small helpers shared by several modules: checks of counts and byte sizes, and
+warnings aimed at user code."""
 
 from __future__ import annotations
 
 import importlib.util
+import numbers
 import os
 import re
 import sys
+import threading
 import warnings
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -21,14 +24,29 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 
+def is_whole(value):
+    """Whether ``value`` is an integer (Python's or NumPy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_count(name, value, minimum=1, allow_none=False):
+    """``value`` as an int when it is a whole number >= ``minimum`` (or None when
+    allowed); otherwise a ValueError naming ``name`` and what is allowed."""
+    if (value is None and allow_none) or (is_whole(value) and value >= minimum):
+        return value if value is None else int(value)
+    allowed = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    raise ValueError(f"Invalid {name}={value!r}: expected {allowed}"
+                     + (" or None" if allow_none else ""))
+
+
 def parse_bytes(value, name="size"):
     """Bytes from an int or a string such as ``"512M"``, ``"16GiB"`` or ``"2GB"``.
 
     ``K``, ``M``, ``G``, ``T`` alone or with ``iB`` are powers of 1024 (as joblib's
     ``max_nbytes``); with ``B`` alone (``"2GB"``) they are powers of 1000.
     """
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
+    if is_whole(value) and value > 0:
+        return int(value)
     match = _SIZE.match(value) if isinstance(value, str) else None
     if match is None or float(match.group(1)) <= 0:
         raise ValueError(f"Invalid {name} {value!r}: expected a positive number of bytes "
@@ -55,3 +73,17 @@ def warn_user(message, category):
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+_warned = set()
+_warned_lock = threading.Lock()
+
+
+def warn_once(message, category, key=None):
+    """:func:`warn_user` once per process for each ``key`` (default: the message)."""
+    key = (category, message if key is None else key)
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    warn_user(message, category)

@@ -8,11 +8,11 @@ import queue
 import sys
 import threading
 import time
-from concurrent.futures import CancelledError
+from concurrent.futures import Future
 
 from ._context import bind_thread
-from ._errors import DeviceUnavailableError
-from ._fusion import launch_clock
+from ._errors import BrokenDeviceError
+from ._fusion import Failure
 
 _STOP = object()
 
@@ -67,97 +67,112 @@ class GPUWorker(_QueueThread):
     A task is a part of a joblib batch: an object with ``n_calls``, ``fusable`` and a
     ``config``. The worker takes queued fusable tasks with equal configs together, up
     to its sizer's batch size (other tasks run alone: taking them together would only
-    delay their callbacks), runs them with one ``execute(tasks)`` and one
-    synchronisation, tells the sizer how long the launches took, and fires each task's
-    ``done(result, error)`` exactly once, whether it succeeded, failed or was cancelled.
+    delay their results), runs them with one ``execute(tasks)`` and one synchronisation,
+    tells the sizer how long the launches took, and completes each task's future.
 
     Parameters
     ----------
     device : Device
     execute : callable
-        Runs a list of tasks on this thread; returns one ``(result, error)`` per task,
-        the bytes each call moved, and ``(calls, seconds)`` per fused launch.
+        Runs a list of tasks on this thread; returns a :class:`~devicejoblib._fusion.Ran`
+        with one result list (or :class:`~devicejoblib._fusion.Failure`) per task.
     sizer : GPUBatchSizer
         Decides how many calls to take at once; told how long each batch took.
-    keep_on_device : bool
-        Seen by the calls through :func:`devicejoblib._context.binding`.
+    host_threads : int
+        Threads computing on the host at once with this one (simulated GPUs): native
+        thread pools get their share of the cores.
     """
 
-    def __init__(self, device, execute, sizer, keep_on_device=False):
+    def __init__(self, device, execute, sizer, host_threads=1):
         super().__init__(f"devicejoblib-{device.id}")
         self.device = device
         self.sizer = sizer
-        self.keep_on_device = keep_on_device
+        self.host_threads = host_threads
         self.pending_calls = 0
         self.calls = self.batches = 0
         self.busy_seconds = 0.0
         self._execute = execute
-        self._epoch = 0  # tasks submitted before the last cancel_pending() are dropped
+        self._queued = set()  # futures of tasks not started: what cancel_pending() cancels
 
-    def submit(self, task, done):
-        """Queue ``task``; start the thread on first use."""
+    def submit(self, task):
+        """Queue ``task``; start the thread on first use. Returns its Future, completed
+        with the task's results (a list) or its first error."""
+        future = Future()
         with self._lock:
             self.pending_calls += task.n_calls
-        self._put((task, done, self._epoch))
+            self._queued.add(future)
+        future.add_done_callback(lambda _, n=task.n_calls: self._settled(n))
+        self._put((task, future))
+        return future
 
     def cancel_pending(self):
-        """Cancel every task not started yet: each fires ``CancelledError`` when the
-        worker reaches it, instead of running."""
+        """Cancel every task not started yet (``Future.cancel``)."""
         with self._lock:
-            self._epoch += 1
+            queued, self._queued = self._queued, set()
+        for future in queued:
+            future.cancel()
 
-    def _run(self, items):
-        bind_thread(self.device, self.keep_on_device)
-        try:
-            sync, bind_error = _bind_cuda(self.device), None
-        except Exception as exc:  # every task fails with it: nothing may wait forever
-            sync, bind_error = None, DeviceUnavailableError(
-                f"could not bind a worker thread to {self.device}: {exc}")
-            bind_error.__cause__ = exc
-        held = None
-        while True:
-            group, held = self._next_group(items, held)
-            if group is None:
-                return
-            # a method of its own, so that nothing of the batch (joblib's callbacks hold
-            # the Parallel call and its backend) stays referenced while the worker idles
-            self._run_group(self._drop_cancelled(group), sync, bind_error)
-            del group
-
-    def _drop_cancelled(self, group):
-        live = [item for item in group if item[2] == self._epoch]
-        for task, done, _ in (item for item in group if item[2] != self._epoch):
-            with self._lock:
-                self.pending_calls -= task.n_calls
-            done(None, CancelledError(f"cancelled on {self.device}"))
-        return live
-
-    def _run_group(self, group, sync, bind_error):
-        if not group:
-            return
-        tasks = [task for task, _, _ in group]
-        n_calls = sum(task.n_calls for task in tasks)
-        start, clock = time.perf_counter(), launch_clock(self.device)
-        work_start = clock()
-        try:
-            if bind_error is not None:
-                raise bind_error
-            outcomes, bytes_per_call, launches = self._execute(tasks)
-            sync()
-        except BaseException as exc:  # handed to the caller through `done`
-            outcomes, bytes_per_call, launches = [(None, exc)] * len(group), 0, []
-        seconds = time.perf_counter() - start
-        # fused launches say how the launch size pays; without any, the whole batch does
-        whole = (n_calls, clock() - work_start + self.device.launch_latency)
-        for calls, launch_seconds in launches or [whole]:
-            self.sizer.record(calls, launch_seconds, bytes_per_call)
+    def _settled(self, n_calls):
         with self._lock:
             self.pending_calls -= n_calls
+
+    def _run(self, items):
+        bind_thread(self.device)
+        platform = self.device.platform
+        with platform.thread_limits(self.host_threads):
+            try:
+                sync, broken = platform.bind(self.device), None
+            except Exception as exc:  # every task fails with it: nothing may wait forever
+                broken = BrokenDeviceError(
+                    f"the worker thread of {self.device} cannot run calls: binding it to "
+                    f"the device failed: {type(exc).__name__}: {exc}")
+                broken.__cause__, sync = exc, None
+            held = None
+            while True:
+                group, held = self._next_group(items, held)
+                if group is None:
+                    return
+                # a method of its own, so that nothing of the batch (joblib's callbacks
+                # hold the Parallel call and its backend) stays referenced while idle
+                self._run_group(self._start(group), sync, broken)
+                del group
+
+    def _start(self, group):
+        """The tasks of ``group`` that were not cancelled, now marked running."""
+        with self._lock:
+            self._queued.difference_update(future for _, future in group)
+        return [(task, future) for task, future in group
+                if future.set_running_or_notify_cancel()]
+
+    def _run_group(self, group, sync, broken):
+        if not group:
+            return
+        tasks = [task for task, _ in group]
+        n_calls = sum(task.n_calls for task in tasks)
+        start = time.perf_counter()
+        elapsed = self.device.platform.start_timer(self.device)
+        try:
+            if broken is not None:
+                raise broken
+            ran = self._execute(tasks)
+            sync()
+            results, launches = ran.results, ran.launches
+            self.sizer.note_bytes(ran.bytes_per_call)
+        except BaseException as exc:  # handed to the caller through the futures
+            results, launches = [Failure(exc)] * len(group), []
+        seconds = time.perf_counter() - start
+        # fused launches say how the launch size pays; without any, the whole batch does
+        for calls, launch_seconds in launches or [(n_calls, elapsed())]:
+            self.sizer.record(calls, launch_seconds)
+        with self._lock:
             self.calls += n_calls
             self.batches += 1
             self.busy_seconds += seconds
-        for (_, done, _), (result, error) in zip(group, outcomes):
-            done(result, error)
+        for (_, future), result in zip(group, results):
+            if type(result) is Failure:
+                future.set_exception(result.error)
+            else:
+                future.set_result(result)
 
     def _next_group(self, items, held):
         """``(tasks to run together up to the batch size, the task that must start the
@@ -202,26 +217,3 @@ class CallbackThread(_QueueThread):
                 threading.excepthook(threading.ExceptHookArgs(
                     (*sys.exc_info(), threading.current_thread())))
             del item, function, argument  # keep nothing alive while idle
-
-
-def _bind_cuda(device):
-    """Bind the calling thread to a real GPU with its own non-blocking stream.
-
-    Returns the function that waits for the thread's queued GPU work.
-    """
-    if device.simulated:
-        return lambda: None
-    numba_cuda = sys.modules.get("numba.cuda")
-    if device.provider == "numba" or numba_cuda is not None:
-        # the program uses Numba CUDA: give this thread its context on the device too
-        from numba import cuda as numba_cuda
-
-        numba_cuda.select_device(device.index)
-    if device.provider != "cupy":
-        return numba_cuda.synchronize
-    import cupy
-
-    cupy.cuda.Device(device.index).use()
-    stream = cupy.cuda.Stream(non_blocking=True)
-    stream.use()
-    return stream.synchronize

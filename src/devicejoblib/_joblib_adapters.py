@@ -1,0 +1,70 @@
+"""The one module that uses joblib's private objects: ``BatchedCalls``' fields,
+``LokyBackend`` and its auto batching (``AutoBatchingMixin``), the memmapping folder
+context. The joblib range they were checked with is pinned in pyproject.toml; CI tests
+its lowest and newest releases.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from joblib._parallel_backends import (
+    FallbackToBackend,
+    LokyBackend,
+    ParallelBackendBase,
+    ThreadingBackend,
+)
+from joblib.parallel import BatchedCalls
+
+__all__ = ["FallbackToBackend", "ParallelBackendBase", "cpu_auto_batching", "cpu_n_jobs",
+           "make_loky", "nested_config", "nested_config_key", "sub_batch"]
+
+
+def cpu_n_jobs(n_jobs):
+    """Workers for ``n_jobs`` by joblib's own arithmetic (None: 1, -1: all CPUs, -2: all
+    but one...; 0 is a ValueError)."""
+    return ThreadingBackend().effective_n_jobs(n_jobs)
+
+
+def cpu_auto_batching(nesting_level=None):
+    """joblib's auto batching policy for loky (``compute_batch_size``,
+    ``batch_completed``, ``reset_batch_stats``; ``.parallel`` set per call)."""
+    return LokyBackend(nesting_level=nesting_level)
+
+
+def nested_config(batch):
+    """The ``parallel_config`` keyword arguments a batch's calls run under (what
+    ``BatchedCalls.__call__`` sets for nested Parallel calls)."""
+    return {"backend": batch._backend, "n_jobs": batch._n_jobs}
+
+
+def nested_config_key(batch):
+    """What makes two batches' nested configs equal: joblib makes a new nested backend
+    object for every batch, so compare its kind, not its identity."""
+    backend = batch._backend
+    return type(backend), getattr(backend, "nesting_level", None), batch._n_jobs
+
+
+def sub_batch(batch, items):
+    """A BatchedCalls with some of ``batch``'s calls and the same nested config."""
+    return BatchedCalls(iter(items), (batch._backend, batch._n_jobs),
+                        batch._reducer_callback, batch._pickle_cache)
+
+
+def make_loky(parallel, n_jobs, nesting_level, inner_max_num_threads, **kwargs):
+    """``(submit, shutdown, abort)`` of a configured LokyBackend whose batches pickle
+    memmapped arrays into ``parallel``'s temporary folder (deleted when it ends: joblib
+    does this only for its own LokyBackend, and without it the files outlive the call).
+
+    Raises FallbackToBackend where loky cannot run (below a thread, in a daemon process).
+    """
+    loky = LokyBackend(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+    loky.configure(n_jobs=n_jobs, parallel=parallel, **kwargs)
+    folders, call_id = loky._workers._temp_folder_manager, parallel._id
+
+    def submit(batch):
+        inner = getattr(batch, "batch", batch)  # a wrapper's BatchedCalls
+        inner._reducer_callback = functools.partial(folders.set_current_context, call_id)
+        return loky.submit(batch)
+
+    return submit, loky.terminate, lambda: loky.abort_everything(ensure_ready=False)

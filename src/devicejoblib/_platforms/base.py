@@ -1,0 +1,167 @@
+"""The base class of platforms: what a kind of device does differently from another."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import functools
+import importlib.util
+import time
+
+
+class Platform(abc.ABC):
+    """One kind of device: how its devices are found, bound, timed and fed.
+
+    Subclass it, set the class attributes and :meth:`probe`, override the hooks that
+    differ from the defaults (those of a device computing on the host with NumPy), and
+    :func:`devicejoblib.register` an instance. Routing, batching, fusion and the workers
+    ask a device's platform; they never test which platform it is.
+
+    Attributes
+    ----------
+    name : str
+        Unique name in the registry, shown as a device's ``provider``.
+    kind : str
+        The device kind in device specs and ids (``"cpu"``, ``"cuda"``).
+    spellings : tuple of str
+        Words accepted for ``kind`` in device specs (``("cuda", "gpu")``).
+    runs : {"cpu", "cuda"}
+        Which of a kernel's implementations (and batched forms) its devices run.
+    is_gpu : bool
+        Its devices get a worker thread each; calls with a GPU implementation go there.
+    simulated : bool
+        Host-backed stand-ins for GPUs, made on request, never discovered.
+    package : str or None
+        The module that must be importable for the platform to be probed.
+    """
+
+    name = ""
+    kind = ""
+    spellings: tuple[str, ...] = ()
+    runs = "cpu"
+    is_gpu = True
+    simulated = False
+    package: str | None = None
+    #: Warn once when the package is installed but finds no device (it is installed for
+    #: nothing else).
+    warn_when_unusable = False
+
+    @abc.abstractmethod
+    def probe(self, **settings):
+        """The devices of this platform: ``(list of property dicts, versions dict)``.
+
+        Each dict holds :class:`~devicejoblib.Device` fields (``index``, ``name``,
+        ``memory_total``...). May raise: discovery turns the error into a note.
+        """
+
+    # --- discovery -----------------------------------------------------------------------
+
+    def installed(self):
+        """Whether :attr:`package` can be imported (without importing it)."""
+        return self.package is None or importlib.util.find_spec(self.package) is not None
+
+    def hidden_by_user(self):
+        """Why the user's settings hide every device (no warning then), or None."""
+        return None
+
+    def unavailable_reason(self):
+        """Why no device can be used, as words following the package's name
+        (``"installed but no CUDA driver: ..."``), or None."""
+        return None
+
+    @functools.cache  # noqa: B019  (platforms are registered singletons, never freed)
+    def is_available(self):
+        """Whether this platform has a usable device; cached, never raises."""
+        try:
+            return bool(self.installed() and self.hidden_by_user() is None
+                        and self.unavailable_reason() is None and self.probe()[0])
+        except Exception:
+            return False
+
+    # --- a worker thread -------------------------------------------------------------------
+
+    def bind(self, device):
+        """Bind the calling thread to ``device``; return the function that waits until
+        the work this thread queued on it is done."""
+        return _nothing_to_wait_for
+
+    def synchronize(self):
+        """Wait for the work the calling thread queued on its device."""
+
+    def start_timer(self, device):
+        """Start timing a launch on ``device``; the returned function gives its seconds."""
+        start = time.perf_counter()
+        return lambda: time.perf_counter() - start
+
+    def simulate_launch(self, device):
+        """Stand for a launch's fixed cost (simulated devices only)."""
+
+    def thread_limits(self, n_threads):
+        """Context that limits the native thread pools (BLAS, OpenMP) of host compute
+        while ``n_threads`` threads of this platform compute at once."""
+        return contextlib.nullcontext()
+
+    # --- data ----------------------------------------------------------------------------
+
+    def array_module(self):
+        """The array module of code running on this platform's devices."""
+        import numpy
+
+        return numpy
+
+    def to_device(self, args, kwargs):
+        """A call's arguments as the GPU implementation receives them."""
+        return args, kwargs
+
+    def to_host(self, result, device, keep_on_device=False):
+        """One result value as the caller receives it (a NumPy array unless kept)."""
+        return result
+
+    def array_types(self):
+        """Types of arrays living on this platform's devices (for data affinity)."""
+        return ()
+
+    def home_of(self, value):
+        """The id of the device an array of :meth:`array_types` lives on, or None."""
+        return None
+
+    def empty_like(self, array):
+        """An uninitialised array like ``array``, on the calling thread's device."""
+        return self.array_module().empty_like(array)
+
+    # --- memory ---------------------------------------------------------------------------
+
+    def is_out_of_memory(self, error):
+        """Whether ``error`` means the device ran out of memory."""
+        return isinstance(error, MemoryError)
+
+    def free_cached_memory(self):
+        """Return the memory pool's cached blocks to the device (after out-of-memory)."""
+
+    # --- Numba CUDA kernels ------------------------------------------------------------------
+
+    def runs_numba_cuda(self):
+        """Whether ``@numba.cuda.jit`` kernels can be launched on this platform."""
+        return False
+
+    def numba_launch_lock(self):
+        """A context held around each Numba CUDA launch (the simulator's lock)."""
+        return contextlib.nullcontext()
+
+    def launch_numba(self, kernel, blocks, threads, *args):
+        """Launch a Numba CUDA ``kernel`` with ``blocks`` x ``threads`` on the calling
+        thread's device (and stream)."""
+        with self.numba_launch_lock():
+            kernel[blocks, threads](*args)
+
+    def __repr__(self):
+        return f"<platform {self.name!r}: {self.kind} devices>"
+
+    def __reduce__(self):
+        from . import get_platform
+
+        return get_platform, (self.name,)
+
+
+def _nothing_to_wait_for():
+    return None

@@ -1,0 +1,71 @@
+"""Simulated GPUs: host-backed stand-ins that run kernels' GPU implementations with
+NumPy, one worker thread each, so that everything above the devices runs on a CPU."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .base import Platform
+from .host import HOST_THREADS, NUMBA_SIMULATOR_LOCK
+
+
+class SimulatedGPUPlatform(Platform):
+    """GPUs made on request (``DEVICEJOBLIB_SIMULATE_GPUS``), never discovered.
+
+    A launch is timed by the worker thread's CPU time (the other simulated GPUs' turns at
+    the GIL do not count) plus the device's ``launch_latency``, which each launch sleeps.
+    Results kept on the device come back as :class:`~devicejoblib.SimulatedDeviceArray`.
+    """
+
+    name = "simulator"
+    kind = "cuda"
+    spellings = ("cuda", "gpu")
+    runs = "cuda"
+    simulated = True
+
+    def probe(self, count=0, memory=0, latency=0.0, multiprocessors=None, **settings):
+        return [{"index": i, "name": "simulated GPU", "memory_total": memory,
+                 "memory_free": memory, "multiprocessor_count": multiprocessors,
+                 "launch_latency": latency} for i in range(count)], {}
+
+    def is_available(self):
+        from .._devices import devices
+
+        return any(d.platform is self for d in devices())
+
+    def start_timer(self, device):
+        start, latency = time.thread_time(), device.launch_latency
+        return lambda: time.thread_time() - start + latency
+
+    def simulate_launch(self, device):
+        if device.launch_latency:
+            time.sleep(device.launch_latency)  # like a real launch and sync: GIL released
+
+    def thread_limits(self, n_threads):
+        return HOST_THREADS.hold(n_threads)
+
+    def to_host(self, result, device, keep_on_device=False):
+        import numpy as np
+
+        from .._arrays import SimulatedDeviceArray
+
+        if not isinstance(result, np.ndarray):
+            return result
+        if not keep_on_device:
+            return result.view(np.ndarray)
+        return SimulatedDeviceArray.kept(result, device.id)
+
+    def array_types(self):
+        from .. import _arrays
+
+        return (_arrays.SimulatedDeviceArray,) if _arrays.kept_any else ()
+
+    def home_of(self, value):
+        return value.device_id
+
+    def runs_numba_cuda(self):
+        return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+    def numba_launch_lock(self):
+        return NUMBA_SIMULATOR_LOCK
