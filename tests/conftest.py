@@ -1,3 +1,4 @@
+import gc
 import json
 import multiprocessing
 import os
@@ -55,6 +56,9 @@ def no_leaks():
     children = set(multiprocessing.active_children())
     yield
     assert simulate_gpus._active is None, "simulate_gpus() was left on: use it with `with`"
+    # a backend left by a parallel_config block stops its threads when collected; an
+    # error's traceback may hold it in a cycle until the collector runs
+    gc.collect()
     # after an error the backend stops GPU threads without waiting for the call they
     # run: they may take a moment to exit, not longer
     for thread in set(threading.enumerate()) - threads:

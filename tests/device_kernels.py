@@ -207,3 +207,21 @@ def flaky_memory(x):
     if x == 13 and FLAKY_CALLS.count(13) == 1:
         raise MemoryError("out of memory, once")
     return x + 1
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"),
+               default=None)
+
+
+@kernel(portable=True)
+def blas_threads(tag):
+    """(device id, the most threads a BLAS library of this process may use)."""
+    return current_device().id, _blas_threads()
+
+
+@kernel(nogil=True)
+def blas_threads_nogil(tag):
+    return current_device().id, _blas_threads()

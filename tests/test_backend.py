@@ -316,3 +316,25 @@ def test_a_one_off_backend_keeps_the_shared_backends_resident_state():
         again = Parallel(n_jobs=2)(delayed(resident_probe)(i) for i in range(8))
     tokens = {state for _, state, _ in first}
     assert tokens == {state for _, state, _ in again}
+
+
+@pytest.mark.parametrize("function, placement", [
+    pytest.param("blas_threads", "gpu", id="simulated-gpu-workers"),
+    pytest.param("blas_threads_nogil", "cpu", id="cpu-thread-route"),
+])
+def test_host_threads_get_their_share_of_the_cores_and_limits_are_restored(
+        function, placement, gpus):
+    import device_kernels
+    from device_kernels import _blas_threads
+
+    if not gpus[0].simulated:
+        pytest.skip("real GPUs compute on the device, not in host threads")
+    before, cores = _blas_threads(), devicejoblib.cpu_count()
+    share = max(cores // 2, 1)  # 2 simulated GPUs, or 2 CPU threads, at once
+    if before is None or before == share:
+        pytest.skip(f"BLAS threads already {before}: a limit of {share} would not show")
+    backend = DeviceBackend(placement=placement)
+    out = Parallel(n_jobs=2, backend=backend)(
+        delayed(getattr(device_kernels, function))(i) for i in range(8))
+    assert {threads for _, threads in out} == {share}
+    assert _blas_threads() == before

@@ -84,3 +84,26 @@ def test_gpu_placement_without_gpu_raises():
         if any(d.is_gpu for d in devices()):
             pytest.skip("this machine has a real GPU")
         Router([d for d in devices() if not d.is_gpu], placement="gpu").route(scale, (1,), {})
+
+
+def test_a_pin_outside_the_backends_devices_names_both(gpus2):
+    from devicejoblib import InvalidDeviceError, Parallel, delayed, parallel_config
+
+    with parallel_config(backend="device", devices="cpu"), \
+            pytest.raises(InvalidDeviceError, match=r"'cuda:0' is not among this backend's "
+                          r"devices \(cpu\)"):
+        Parallel(n_jobs=2)(delayed(scale.on("cuda:0"))(i) for i in range(4))
+
+
+def test_a_placement_outside_the_backends_devices_is_refused(gpus2):
+    from devicejoblib import DeviceBackend, InvalidDeviceError
+
+    with pytest.raises(InvalidDeviceError, match=r"Invalid placement 'cpu'.*cuda:0 "
+                       r"\(simulated\), cuda:1 \(simulated\)"):
+        DeviceBackend(devices="cuda", placement="cpu")
+
+
+def test_a_kind_wide_placement_means_the_backends_devices_of_that_kind(gpus2):
+    router = Router([gpus2[0], gpus2[2]], placement="gpu")  # the CPU and cuda:1
+    assert [d.id for d in router.default_allowed] == ["cuda:1"]
+    assert route(router, plain_where, 1) == "cuda:1"
