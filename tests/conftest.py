@@ -1,3 +1,4 @@
+import contextlib
 import gc
 import json
 import multiprocessing
@@ -19,14 +20,8 @@ _ENV_KNOBS = ("DEVICEJOBLIB_SIMULATE_GPUS", "DEVICEJOBLIB_SIMULATED_MEMORY",
               "CUDA_VISIBLE_DEVICES", "NUMBA_ENABLE_CUDASIM")
 
 
-def _has_real_gpu():
-    with simulate_gpus(0), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return any(d.is_gpu and not d.simulated for d in devicejoblib.devices())
-
-
 def pytest_collection_modifyitems(config, items):
-    if _has_real_gpu():
+    if devicejoblib.is_available("cuda", simulated=False):
         return
     skip = pytest.mark.skip(reason="needs a CUDA device (none usable on this machine)")
     for item in items:
@@ -34,18 +29,55 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-GPU_KINDS = ["simulated", pytest.param("real", marks=pytest.mark.gpu)]
+def device_kinds(gpus_only=False):
+    """One test parameter per registered platform (kind of device), named after it;
+    real GPUs' marked ``gpu``."""
+    return [pytest.param(platform, id=platform.name,
+                         marks=[pytest.mark.gpu] if platform.is_gpu and not platform.simulated
+                         else [])
+            for platform in devicejoblib.platforms() if platform.is_gpu or not gpus_only]
 
 
-@pytest.fixture(params=GPU_KINDS)
+@contextlib.contextmanager
+def devices_of(platform):
+    """This machine's devices of ``platform`` (two simulated GPUs for the simulator)."""
+    with simulate_gpus(2 if platform.simulated else 0), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = [d for d in devicejoblib.devices() if d.platform is platform]
+        if not found:
+            pytest.skip(f"no {platform.name} device on this machine")
+        yield found
+
+
+@pytest.fixture(params=device_kinds(gpus_only=True))
 def gpus(request):
     """The GPUs a test runs on: two simulated ones, or this machine's real ones."""
-    with simulate_gpus(2 if request.param == "simulated" else 0):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            found = [d for d in devicejoblib.devices() if d.is_gpu]
-        if not found:
-            pytest.skip("no real GPU")
+    with devices_of(request.param) as found:
+        yield found
+
+
+@pytest.fixture(params=device_kinds())
+def kind_devices(request):
+    """The devices of each kind in turn: the CPU, simulated GPUs, real ones."""
+    with devices_of(request.param) as found:
+        yield found
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    """No once-only warning given yet in this process (restored after the test)."""
+    monkeypatch.setattr(devicejoblib._utils, "_warned", set())
+
+
+@pytest.fixture
+def no_gpu():
+    """This machine as it is without simulation, for tests of life without a GPU
+    (skipped where a real GPU is present)."""
+    with simulate_gpus(0), warnings.catch_warnings():
+        warnings.simplefilter("ignore", devicejoblib.DeviceDiscoveryWarning)
+        found = devicejoblib.devices()
+        if any(d.is_gpu for d in found):
+            pytest.skip("this machine has a real GPU")
         yield found
 
 

@@ -7,7 +7,6 @@ from devicejoblib import (
     DEVICE_KINDS,
     MAX_SIMULATED_GPUS,
     Device,
-    DeviceDiscoveryWarning,
     DeviceUnavailableError,
     InvalidDeviceError,
     cpu_count,
@@ -21,16 +20,6 @@ from devicejoblib import (
 def two_gpus(monkeypatch):
     monkeypatch.setenv("DEVICEJOBLIB_SIMULATE_GPUS", "2")
     return devices()
-
-
-@pytest.fixture
-def no_gpu():
-    with simulate_gpus(0), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeviceDiscoveryWarning)
-        found = devices()
-        if any(d.is_gpu for d in found):
-            pytest.skip("this machine has a real GPU")
-        yield found
 
 
 def test_cpu_device_comes_first_with_joblibs_core_count():

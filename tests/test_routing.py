@@ -1,6 +1,5 @@
 """The routing rule on its own: explicit placement > data affinity > capability."""
 
-import warnings
 
 import numpy as np
 import pytest
@@ -69,21 +68,17 @@ def test_affinity_only_within_placement(gpus2):
     assert route(Router(gpus2, placement="cuda:0"), scale, x) == "cuda:0"
 
 
-def test_gpu_kernel_without_gpu_runs_on_cpu_with_one_warning():
-    with simulate_gpus(0), pytest.warns(RuntimeWarning, match="no GPU") as record:
-        cpu = [d for d in devices() if not d.is_gpu]
-        router = Router(cpu)
+def test_gpu_kernel_without_gpu_runs_on_cpu_with_one_warning(no_gpu, fresh_warnings):
+    with pytest.warns(RuntimeWarning, match="no GPU") as record:
+        router = Router(no_gpu)
         assert route(router, scale, 1) == "cpu"
         assert route(router, scale, 2) == "cpu"
     assert len([w for w in record if "no GPU" in str(w.message)]) == 1
 
 
-def test_gpu_placement_without_gpu_raises():
-    with simulate_gpus(0), warnings.catch_warnings(), pytest.raises(DeviceUnavailableError):
-        warnings.simplefilter("ignore")
-        if any(d.is_gpu for d in devices()):
-            pytest.skip("this machine has a real GPU")
-        Router([d for d in devices() if not d.is_gpu], placement="gpu").route(scale, (1,), {})
+def test_gpu_placement_without_gpu_raises(no_gpu):
+    with pytest.raises(DeviceUnavailableError):
+        Router(no_gpu, placement="gpu").route(scale, (1,), {})
 
 
 def test_a_pin_outside_the_backends_devices_names_both(gpus2):

@@ -28,7 +28,7 @@ from ._errors import (
     JoblibMissingWarning,
 )
 from ._kernels import Kernel, kernel
-from ._platforms import Platform, platforms, register
+from ._platforms import Platform, get_platform, platforms, register
 from ._safe_import import USE_JOBLIB, Parallel, cpu_count, delayed, parallel_config
 from ._version import __version__
 
@@ -79,6 +79,7 @@ __all__ = [
     "current_device",
     "delayed",
     "devices",
+    "get_platform",
     "is_available",
     "kernel",
     "numba_cuda_lock",

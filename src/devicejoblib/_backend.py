@@ -10,8 +10,6 @@ import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
-from joblib.parallel import get_active_backend
-
 from ._batching import BatchPolicy
 from ._devices import parse_devices
 from ._execution import FusedCPUBatch, GPUTask, JoinedBatch, execute_gpu, failed
@@ -19,6 +17,7 @@ from ._fusion import has_batched_form
 from ._joblib_adapters import (
     FallbackToBackend,
     ParallelBackendBase,
+    active_backend,
     cpu_n_jobs,
     make_loky,
     sub_batch,
@@ -183,7 +182,7 @@ class DeviceBackend(ParallelBackendBase):
         self.parallel = None
         # Inside `parallel_config(backend=...)` the same backend serves the next Parallel
         # call: keep its GPU threads; they stop when the backend is collected or shut down.
-        if get_active_backend()[0] is not self:
+        if active_backend() is not self:
             # after an error or a timeout, do not wait for the GPU calls still running:
             # their threads exit when those calls return
             self.shutdown(wait=not self._aborted)
@@ -265,7 +264,7 @@ class DeviceBackend(ParallelBackendBase):
         future = worker.submit(GPUTask(batch, worker.device))
 
         def done(future):
-            if gpu_bound and not future.cancelled() and future.exception() is None:
+            if gpu_bound:  # (after a failure the call ends and the sizer is reset)
                 self.batching.dispatch.completed(whole, time.perf_counter() - started)
             if callback is None:
                 return

@@ -159,7 +159,7 @@ def _verdict(rows, point):
 
 def format_table(results):
     """The results as the table ``devicejoblib bench`` prints."""
-    gpus = [d for d in results["devices"] if d["kind"] == "cuda"]
+    gpus = [d for d in results["devices"] if d["is_gpu"]]
     names = ", ".join(d["id"] + (" (simulated)" if d["simulated"] else "") for d in gpus)
     lines = [f"devicejoblib bench: {results['workload']}, size = {results['size_means']}; "
              f"{results['calls']} calls per point, n_jobs={results['n_jobs']}",

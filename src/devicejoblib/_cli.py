@@ -76,7 +76,7 @@ def format_info(report):
     lines.append("")
     lines += ["  ".join(f"{cell:<{w}}" for cell, w in zip(r, widths)).rstrip()
               for r in [_COLUMNS, *rows]]
-    if not any(d["kind"] == "cuda" for d in report["devices"]):
+    if not any(d["is_gpu"] for d in report["devices"]):
         lines.append(f"\nNo GPU: calls run on the CPU. Try {SIMULATE_GPUS_ENV}=2 to simulate "
                      "two GPUs.")
     lines += [f"note: {note}" for note in report["notes"]]

@@ -72,6 +72,9 @@ class Device:
             object.__setattr__(self, "platform", get_platform(self.platform))
         if isinstance(self.compute_capability, list):
             object.__setattr__(self, "compute_capability", tuple(self.compute_capability))
+        # read for every routed batch: made once
+        kind = self.platform.kind
+        object.__setattr__(self, "_id", kind if self.index is None else f"{kind}:{self.index}")
 
     @property
     def kind(self):
@@ -81,7 +84,7 @@ class Device:
     @property
     def id(self):
         """The device's name in specs and output: ``"cpu"``, ``"cuda:0"``..."""
-        return self.kind if self.index is None else f"{self.kind}:{self.index}"
+        return self._id
 
     @property
     def is_gpu(self):
@@ -102,11 +105,12 @@ class Device:
         return self.id + (" (simulated)" if self.simulated else "")
 
     def to_dict(self):
-        """The device as a JSON-ready dict (its ``id``, ``kind``, ``simulated`` and its
-        fields, the platform by name); :meth:`from_dict` reads it back."""
+        """The device as a JSON-ready dict (its ``id``, ``kind``, ``is_gpu``,
+        ``simulated`` and its fields, the platform by name); :meth:`from_dict` reads it
+        back."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {"id": self.id, "kind": self.kind, "simulated": self.simulated,
-                **values, "platform": self.platform.name}
+        return {"id": self.id, "kind": self.kind, "is_gpu": self.is_gpu,
+                "simulated": self.simulated, **values, "platform": self.platform.name}
 
     @classmethod
     def from_dict(cls, data):
@@ -362,7 +366,7 @@ def _discover_real():
 def _simulation():
     """(n, memory, latency) of simulated GPUs from simulate_gpus(), else the environment."""
     if simulate_gpus._active is not None:
-        return simulate_gpus._active
+        return simulate_gpus._active if simulate_gpus._active[0] else (0, 0, 0.0)
     raw = os.environ.get(SIMULATE_GPUS_ENV, "").strip()
     n = _check_gpu_count(raw, SIMULATE_GPUS_ENV) if raw else 0
     return (n, _simulated_memory(), _simulated_latency()) if n else (0, 0, 0.0)

@@ -34,14 +34,34 @@ def execute_gpu(device, keep_on_device, sizer, tasks):
     allow (at most the sizer's batch size per launch). A :class:`Ran` with one result
     list (or the first call's :class:`Failure`) per task."""
     calls = tasks[0].items if len(tasks) == 1 else [c for task in tasks for c in task.items]
-    with parallel_config(**tasks[0].nested):
-        ran = run_calls(calls, device, keep_on_device, sizer.size,
-                        on_out_of_memory=sizer.out_of_memory)
+    _use_nested_config(tasks[0])
+    ran = run_calls(calls, device, keep_on_device, sizer.size,
+                    on_out_of_memory=sizer.out_of_memory)
     per_task, start = [], 0
     for task in tasks:
         per_task.append(_first_failure(ran.results[start:start + task.n_calls]))
         start += task.n_calls
     return Ran(per_task, ran.bytes_per_call, ran.launches)
+
+
+_worker = threading.local()
+
+
+def _use_nested_config(task):
+    """Set the nested ``parallel_config`` of ``task`` on the calling worker thread.
+
+    It stays set for the next tasks with an equal config (the worker thread runs nothing
+    else): entering joblib's ``parallel_config`` anew for every batch was the largest
+    cost of a one-call batch on a GPU worker.
+    """
+    current = getattr(_worker, "config", None)
+    if current is not None and current[0] == task.config:
+        return
+    if current is not None:
+        current[1].__exit__(None, None, None)
+    config = parallel_config(**task.nested)
+    config.__enter__()
+    _worker.config = (task.config, config)
 
 
 def _first_failure(results):

@@ -1,7 +1,8 @@
 """The one module that uses joblib's private objects: ``BatchedCalls``' fields,
-``LokyBackend`` and its auto batching (``AutoBatchingMixin``), the memmapping folder
-context. The joblib range they were checked with is pinned in pyproject.toml; CI tests
-its lowest and newest releases.
+``LokyBackend`` and its auto batching (``AutoBatchingMixin``), ``ThreadingBackend``'s
+``n_jobs`` arithmetic, ``get_active_backend``, the memmapping folder context. The joblib
+range they were checked with is pinned in pyproject.toml; CI tests its lowest and newest
+releases.
 """
 
 from __future__ import annotations
@@ -14,10 +15,16 @@ from joblib._parallel_backends import (
     ParallelBackendBase,
     ThreadingBackend,
 )
-from joblib.parallel import BatchedCalls
+from joblib.parallel import BatchedCalls, get_active_backend
 
-__all__ = ["FallbackToBackend", "ParallelBackendBase", "cpu_auto_batching", "cpu_n_jobs",
+__all__ = ["FallbackToBackend", "ParallelBackendBase", "active_backend", "cpu_auto_batching",
+           "cpu_n_jobs",
            "make_loky", "nested_config", "nested_config_key", "sub_batch"]
+
+
+def active_backend():
+    """The backend a ``parallel_config`` block (or joblib's default) has set."""
+    return get_active_backend()[0]
 
 
 def cpu_n_jobs(n_jobs):

@@ -9,6 +9,7 @@ import threading
 
 from ._context import bound_device, current_device
 from ._errors import DeviceUnavailableError
+from ._platforms import GPU_IMPLEMENTATION, IMPLEMENTATIONS
 
 
 def kernel(function=None, *, nogil=False, gpu_only=False, portable=False):
@@ -69,7 +70,7 @@ class Kernel:
     def has_gpu(self):
         """A GPU implementation, or a batched form for GPUs (single calls then run the
         CPU implementation on the GPU's worker)."""
-        return self._cuda is not None or "cuda" in self._batched
+        return self._cuda is not None or GPU_IMPLEMENTATION in self._batched
 
     def cuda(self, function):
         """Decorator: register ``function`` as the GPU implementation; returns the kernel."""
@@ -94,8 +95,8 @@ class Kernel:
         """
         if function is None:
             return functools.partial(self.batched, same=same, device=device)
-        kinds = ("cpu", "cuda") if device is None else (device,)
-        if not set(kinds) <= {"cpu", "cuda"}:
+        kinds = IMPLEMENTATIONS if device is None else (device,)
+        if not set(kinds) <= set(IMPLEMENTATIONS):
             raise ValueError(f"Invalid device={device!r} for a batched form: expected "
                              "None (both), 'cpu' or 'cuda'")
         form = BatchedForm(function, tuple(same), inspect.signature(self.__wrapped__),
@@ -151,7 +152,7 @@ class Kernel:
         device = bound_device()
         if self._setup is not None:
             args = (self.state(), *args)
-        if device is None or device.platform.runs != "cuda" or self._cuda is None:
+        if device is None or device.platform.runs != GPU_IMPLEMENTATION or self._cuda is None:
             if self._cpu is None:
                 raise DeviceUnavailableError(
                     f"kernel {self.__name__!r} has only a GPU implementation: run it through "

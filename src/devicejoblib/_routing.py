@@ -46,6 +46,7 @@ class Router:
         self._load = load or (lambda device_id: 0)
         self._allowed_cache = {}
         self.default_allowed = self.allowed(placement) if placement is not None else None
+        self._choices = {}  # (allowed, has GPU impl, has CPU impl) -> capability's answer
         self.cpu_route = CPU_PROCESSES
 
     def configure(self, cpu_backend="loky", prefer=None, require=None):
@@ -117,23 +118,38 @@ class Router:
 
     def route(self, function, args, kwargs):
         """The device for one call of ``function(*args, **kwargs)``."""
-        placement = getattr(function, "placement", None) if type(function) is Kernel else None
+        is_kernel = type(function) is Kernel
+        placement = function.placement if is_kernel else None
         allowed = self.allowed(placement) if placement is not None else self.default_allowed
         if self.gpus and (args or kwargs):
             for value in (*args, *kwargs.values()):
                 device = self._by_id.get(home_of(value))
                 if device is not None and (allowed is None or device in allowed):
                     return device
-        candidates = allowed if allowed is not None else self.devices
-        gpus = [d for d in candidates if d.is_gpu]
-        has_gpu_impl = type(function) is Kernel and function.has_gpu
-        cpu_possible = self.cpu in candidates and (type(function) is not Kernel
-                                                   or function.has_cpu)
-        if gpus and (has_gpu_impl or not cpu_possible):
-            return min(gpus, key=lambda d: self._load(d.id))
-        if has_gpu_impl and allowed is None and not self.gpus:
+        has_gpu = is_kernel and function.has_gpu
+        has_cpu = not is_kernel or function.has_cpu
+        key = (id(allowed), has_gpu, has_cpu)  # allowed tuples live as long as the router
+        choice = self._choices.get(key)
+        if choice is None:
+            choice = self._choices[key] = self._choose(allowed, has_gpu, has_cpu)
+        gpus, other = choice
+        if gpus:
+            return gpus[0] if len(gpus) == 1 else min(gpus, key=self._load_of)
+        if has_gpu and allowed is None and not self.gpus:
             warn_once(f"kernel {function.__qualname__!r} has a GPU implementation but this "
                       "machine has no GPU: its calls run on the CPU (set placement='gpu' to "
                       "make this an error, or DEVICEJOBLIB_SIMULATE_GPUS to simulate GPUs)",
                       RuntimeWarning)
-        return self.cpu if cpu_possible else candidates[0]
+        return other
+
+    def _choose(self, allowed, has_gpu, has_cpu):
+        """``(GPUs to pick the least loaded from, else the device)`` by capability."""
+        candidates = allowed if allowed is not None else self.devices
+        gpus = tuple(d for d in candidates if d.is_gpu)
+        cpu_possible = self.cpu in candidates and has_cpu
+        if gpus and (has_gpu or not cpu_possible):
+            return gpus, None
+        return (), self.cpu if cpu_possible else candidates[0]
+
+    def _load_of(self, device):
+        return self._load(device.id)

@@ -92,7 +92,7 @@ class GPUWorker(_QueueThread):
         self.calls = self.batches = 0
         self.busy_seconds = 0.0
         self._execute = execute
-        self._queued = set()  # futures of tasks not started: what cancel_pending() cancels
+        self._queued = {}  # future -> calls, of tasks not started: what cancel_pending() cancels
 
     def submit(self, task):
         """Queue ``task``; start the thread on first use. Returns its Future, completed
@@ -100,21 +100,17 @@ class GPUWorker(_QueueThread):
         future = Future()
         with self._lock:
             self.pending_calls += task.n_calls
-            self._queued.add(future)
-        future.add_done_callback(lambda _, n=task.n_calls: self._settled(n))
+            self._queued[future] = task.n_calls
         self._put((task, future))
         return future
 
     def cancel_pending(self):
         """Cancel every task not started yet (``Future.cancel``)."""
         with self._lock:
-            queued, self._queued = self._queued, set()
-        for future in queued:
-            future.cancel()
-
-    def _settled(self, n_calls):
+            queued, self._queued = self._queued, {}
+        cancelled = sum(n for future, n in queued.items() if future.cancel())
         with self._lock:
-            self.pending_calls -= n_calls
+            self.pending_calls -= cancelled
 
     def _run(self, items):
         bind_thread(self.device)
@@ -140,7 +136,8 @@ class GPUWorker(_QueueThread):
     def _start(self, group):
         """The tasks of ``group`` that were not cancelled, now marked running."""
         with self._lock:
-            self._queued.difference_update(future for _, future in group)
+            for _, future in group:
+                self._queued.pop(future, None)
         return [(task, future) for task, future in group
                 if future.set_running_or_notify_cancel()]
 
@@ -165,6 +162,7 @@ class GPUWorker(_QueueThread):
         for calls, launch_seconds in launches or [(n_calls, elapsed())]:
             self.sizer.record(calls, launch_seconds)
         with self._lock:
+            self.pending_calls -= n_calls
             self.calls += n_calls
             self.batches += 1
             self.busy_seconds += seconds

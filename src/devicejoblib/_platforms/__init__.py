@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 
-from .base import Platform
+from .base import CPU_IMPLEMENTATION, GPU_IMPLEMENTATION, IMPLEMENTATIONS, Platform
 from .cuda import CUDAPlatform, CuPyPlatform, NumbaPlatform
 from .host import HOST_THREADS, HostPlatform
 from .simulated import SimulatedGPUPlatform
@@ -36,7 +36,7 @@ def register(platform):
     """
     if not isinstance(platform, Platform):
         raise TypeError(f"Invalid platform {platform!r}: expected an instance of a "
-                        "devicejoblib Platform subclass")
+                        "devicejoblib.Platform subclass")
     _check_fields(platform)
     global generation
     with _lock:
@@ -49,9 +49,10 @@ def _check_fields(platform):
     if not platform.name or not platform.kind or not platform.spellings:
         raise ValueError(f"Invalid platform {platform!r}: name, kind and spellings must be "
                          "set")
-    if platform.runs not in ("cpu", "cuda"):
+    if platform.runs not in IMPLEMENTATIONS:
         raise ValueError(f"Invalid platform {platform.name!r}: runs={platform.runs!r}, "
-                         "expected 'cpu' or 'cuda' (which implementation of a kernel)")
+                         f"expected one of {', '.join(map(repr, IMPLEMENTATIONS))} (which "
+                         "implementation of a kernel)")
     for other in _PLATFORMS.values():
         shared = set(other.spellings) & set(platform.spellings)
         if other.name != platform.name and shared and other.kind != platform.kind:
@@ -109,7 +110,12 @@ register(NumbaPlatform())
 def device_array_types():
     """Array types that may live on a device in this process (none before any could
     exist, so that routing skips looking at arguments)."""
-    return tuple(t for platform in _PLATFORMS.values() for t in platform.array_types())
+    types = ()
+    for platform in _PLATFORMS.values():
+        found = platform.array_types()
+        if found:
+            types += found
+    return types
 
 
 def home_of(value):
@@ -121,7 +127,23 @@ def home_of(value):
     return None
 
 
-__all__ = ["DEVICE_KINDS", "HOST", "HOST_THREADS", "SIMULATOR", "CUDAPlatform",
-           "CuPyPlatform", "HostPlatform", "NumbaPlatform", "Platform",
-           "SimulatedGPUPlatform", "device_array_types", "get_platform", "home_of",
-           "platforms", "register"]
+__all__ = [
+    "CPU_IMPLEMENTATION",
+    "DEVICE_KINDS",
+    "GPU_IMPLEMENTATION",
+    "HOST",
+    "HOST_THREADS",
+    "IMPLEMENTATIONS",
+    "SIMULATOR",
+    "CUDAPlatform",
+    "CuPyPlatform",
+    "HostPlatform",
+    "NumbaPlatform",
+    "Platform",
+    "SimulatedGPUPlatform",
+    "device_array_types",
+    "get_platform",
+    "home_of",
+    "platforms",
+    "register",
+]

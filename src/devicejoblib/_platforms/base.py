@@ -8,6 +8,9 @@ import functools
 import importlib.util
 import time
 
+#: The implementations a kernel may have; a platform ``runs`` one of them.
+CPU_IMPLEMENTATION, GPU_IMPLEMENTATION = IMPLEMENTATIONS = ("cpu", "cuda")
+
 
 class Platform(abc.ABC):
     """One kind of device: how its devices are found, bound, timed and fed.
@@ -105,9 +108,7 @@ class Platform(abc.ABC):
 
     def array_module(self):
         """The array module of code running on this platform's devices."""
-        import numpy
-
-        return numpy
+        return _numpy()
 
     def to_device(self, args, kwargs):
         """A call's arguments as the GPU implementation receives them."""
@@ -165,3 +166,10 @@ class Platform(abc.ABC):
 
 def _nothing_to_wait_for():
     return None
+
+
+@functools.cache
+def _numpy():
+    import numpy
+
+    return numpy

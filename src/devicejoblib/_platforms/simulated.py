@@ -3,6 +3,7 @@ NumPy, one worker thread each, so that everything above the devices runs on a CP
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -46,20 +47,16 @@ class SimulatedGPUPlatform(Platform):
         return HOST_THREADS.hold(n_threads)
 
     def to_host(self, result, device, keep_on_device=False):
-        import numpy as np
-
-        from .._arrays import SimulatedDeviceArray
-
-        if not isinstance(result, np.ndarray):
+        arrays = _arrays()
+        if not isinstance(result, arrays.np.ndarray):
             return result
         if not keep_on_device:
-            return result.view(np.ndarray)
-        return SimulatedDeviceArray.kept(result, device.id)
+            return result.view(arrays.np.ndarray)
+        return arrays.SimulatedDeviceArray.kept(result, device.id)
 
     def array_types(self):
-        from .. import _arrays
-
-        return (_arrays.SimulatedDeviceArray,) if _arrays.kept_any else ()
+        arrays = _arrays()
+        return (arrays.SimulatedDeviceArray,) if arrays.kept_any else ()
 
     def home_of(self, value):
         return value.device_id
@@ -69,3 +66,11 @@ class SimulatedGPUPlatform(Platform):
 
     def numba_launch_lock(self):
         return NUMBA_SIMULATOR_LOCK
+
+
+@functools.cache
+def _arrays():
+    """devicejoblib._arrays, imported on first use (it imports NumPy)."""
+    from .. import _arrays
+
+    return _arrays

@@ -1,0 +1,109 @@
+"""The registry of platforms (kinds of device): what is derived from it, and a fifth
+kind added the documented way, one class and one register() call."""
+
+import pickle
+import threading
+
+import pytest
+
+import devicejoblib
+from devicejoblib import (
+    DEVICE_KINDS,
+    DeviceBackend,
+    InvalidDeviceError,
+    Parallel,
+    Platform,
+    _platforms,
+    current_device,
+    delayed,
+    kernel,
+    parse_devices,
+)
+
+
+class FakeAccelerator(Platform):
+    """A kind of device no machine has: host-backed, NumPy, one worker thread each."""
+
+    name = "fake"
+    kind = "xpu"
+    spellings = ("xpu", "fake")
+    runs = "cuda"
+
+    def probe(self, **settings):
+        return [{"index": i, "name": "fake XPU", "multiprocessor_count": 4}
+                for i in range(2)], {"provider": "fake 1.0"}
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The registry, and discovery's cache, restored after the test."""
+    monkeypatch.setattr(_platforms, "_PLATFORMS", dict(_platforms._PLATFORMS))
+    monkeypatch.setattr(devicejoblib._devices, "_cache", {})
+    return _platforms
+
+
+@kernel
+def where(tag):
+    return tag, current_device().id, threading.current_thread().name
+
+
+@where.cuda
+def _(tag):
+    return tag, current_device().id, threading.current_thread().name
+
+
+def test_kinds_and_spellings_come_from_the_registry():
+    assert dict(DEVICE_KINDS) == {"cpu": ("cpu",), "cuda": ("cuda", "gpu")}
+    assert [p.name for p in devicejoblib.platforms()] == ["host", "simulator", "cupy",
+                                                          "numba"]
+    with pytest.raises(InvalidDeviceError, match="expected one of 'cpu', 'cuda', 'gpu'"):
+        parse_devices("tpu")
+
+
+def test_a_fifth_kind_is_one_class_and_one_register_call(registry, no_gpu):
+    devicejoblib.register(FakeAccelerator())
+    assert DEVICE_KINDS["xpu"] == ("xpu", "fake")
+    found = devicejoblib.devices()
+    assert [d.id for d in found] == ["cpu", "xpu:0", "xpu:1"]
+    assert [d.provider for d in found[1:]] == ["fake", "fake"]
+    assert parse_devices("fake:1") == (found[2],)
+    assert devicejoblib.is_available("xpu")
+    out = Parallel(n_jobs=2, backend=DeviceBackend(placement="xpu"))(
+        delayed(where)(i) for i in range(20))
+    assert [tag for tag, _, _ in out] == list(range(20))
+    assert {(device, thread) for _, device, thread in out} == {
+        ("xpu:0", "devicejoblib-xpu:0"), ("xpu:1", "devicejoblib-xpu:1")}
+
+
+def test_register_refuses_what_is_not_a_platform_or_clashes(registry):
+    with pytest.raises(TypeError, match="Invalid platform 'rocm'"):
+        devicejoblib.register("rocm")
+    clash = type("Clash", (FakeAccelerator,), {"name": "clash", "spellings": ("gpu",)})
+    with pytest.raises(ValueError, match=r"spellings \['gpu'\] already mean 'cuda'"):
+        devicejoblib.register(clash())
+    odd = type("Odd", (FakeAccelerator,), {"name": "odd", "runs": "tpu"})
+    with pytest.raises(ValueError, match="runs='tpu'"):
+        devicejoblib.register(odd())
+
+
+def test_availability_is_cached_and_never_raises():
+    class Broken(FakeAccelerator):
+        name = "broken"
+
+        def probe(self, **settings):
+            raise OSError("driver crashed")
+
+    assert Broken().is_available() is False
+    host = devicejoblib.get_platform("host")
+    assert host.is_available() is True
+
+
+@pytest.mark.parametrize("platform", devicejoblib.platforms(), ids=lambda p: p.name)
+def test_platforms_travel_as_the_registered_object(platform):
+    assert pickle.loads(pickle.dumps(platform)) is platform
+
+
+def test_unknown_platform_name_lists_the_registered_ones():
+    with pytest.raises(ValueError, match="Invalid platform 'rocm': registered platforms "
+                       "are 'host', 'simulator', 'cupy', 'numba'"):
+        devicejoblib.get_platform("rocm")
