@@ -225,3 +225,22 @@ def blas_threads(tag):
 @kernel(nogil=True)
 def blas_threads_nogil(tag):
     return current_device().id, _blas_threads()
+
+
+class CollectsWhenDropped:
+    """Resident state whose destruction runs the garbage collector."""
+
+    def __del__(self):
+        import gc
+
+        gc.collect()
+
+
+@kernel(portable=True)
+def collecting_probe(state, tag):
+    return tag
+
+
+@collecting_probe.setup
+def _(device):
+    return CollectsWhenDropped()

@@ -345,3 +345,30 @@ def test_host_threads_get_their_share_of_the_cores_and_limits_are_restored(
         delayed(getattr(device_kernels, function))(i) for i in range(8))
     assert {threads for _, threads in out} == {share}
     assert _blas_threads() == before
+
+
+def test_dropping_resident_state_may_release_another_backend_meanwhile(gpus):
+    from device_kernels import collecting_probe
+
+    # A backend on one GPU, left in a reference cycle: only the collector frees it, and
+    # its finalizer then lets go of its hold on that GPU.
+    other = DeviceBackend(devices=gpus[0])
+    other.cycle = other
+    del other
+    backend = DeviceBackend(placement="gpu")
+    done = threading.Event()
+
+    def run():  # the state's destruction, when this call ends, runs the collector
+        Parallel(n_jobs=2, backend=backend)(delayed(collecting_probe)(i) for i in range(8))
+        done.set()
+
+    import gc
+
+    gc.disable()  # the collector runs only when the state is dropped
+    try:
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(30)
+    finally:
+        gc.enable()
+    assert done.is_set(), "releasing resident state deadlocked"

@@ -37,11 +37,15 @@ def execute_gpu(device, keep_on_device, sizer, tasks):
     _use_nested_config(tasks[0])
     ran = run_calls(calls, device, keep_on_device, sizer.size,
                     on_out_of_memory=sizer.out_of_memory)
+    if len(tasks) == 1:
+        ran.results = [_first_failure(ran.results)]
+        return ran
     per_task, start = [], 0
     for task in tasks:
         per_task.append(_first_failure(ran.results[start:start + task.n_calls]))
         start += task.n_calls
-    return Ran(per_task, ran.bytes_per_call, ran.launches)
+    ran.results = per_task
+    return ran
 
 
 _worker = threading.local()

@@ -216,7 +216,9 @@ class BatchedForm:
 
 
 _resident = {}
-_resident_lock = threading.Lock()
+# Reentrant: dropping resident state may run the collector, whose finalizers release
+# other backends' holds in the same thread.
+_resident_lock = threading.RLock()
 
 
 def resident_state(kernel, device):
@@ -261,7 +263,7 @@ class ResidentHold:
                 if not _holders[device_id]:
                     del _holders[device_id]
                     for key in [k for k in _resident if k[1] == device_id]:
-                        del _resident[key]
+                        _resident.pop(key, None)
 
 
 _MISSING = object()
