@@ -372,3 +372,41 @@ def test_dropping_resident_state_may_release_another_backend_meanwhile(gpus):
     finally:
         gc.enable()
     assert done.is_set(), "releasing resident state deadlocked"
+
+
+def test_host_thread_limits_last_only_as_long_as_a_call(gpus):
+    from device_kernels import _blas_threads, blas_threads
+
+    before = _blas_threads()
+    if not gpus[0].simulated or before is None or before == max(devicejoblib.cpu_count()
+                                                                // 2, 1):
+        pytest.skip("no host-side limit to see here")
+    with parallel_config(backend="device", placement="gpu"):
+        inside = Parallel(n_jobs=2)(delayed(blas_threads)(i) for i in range(4))
+        between = _blas_threads()  # the block's GPU threads live on, idle
+    assert {threads for _, threads in inside} == {max(devicejoblib.cpu_count() // 2, 1)}
+    assert between == before
+
+
+def test_nested_parallel_in_gpu_calls_of_a_batch_split_over_gpus(gpus):
+    if len(gpus) < 2:
+        pytest.skip("needs two GPUs")
+
+    @devicejoblib.kernel(portable=True)
+    def nested(n):
+        return sum(Parallel(n_jobs=2)(delayed(abs)(-i) for i in range(n)))
+
+    done = threading.Event()
+
+    def run():
+        with parallel_config(backend="device"):
+            for _ in range(10):  # one batch's parts on both GPUs, each calling Parallel
+                calls = [delayed(nested.on(gpus[n % 2].id))(n) for n in range(16)]
+                out = Parallel(n_jobs=2, batch_size=16)(calls)
+                assert out == [sum(range(n)) for n in range(16)]
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert done.is_set(), "nested Parallel calls in split parts hung"

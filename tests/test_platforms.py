@@ -107,3 +107,32 @@ def test_unknown_platform_name_lists_the_registered_ones():
     with pytest.raises(ValueError, match="Invalid platform 'rocm': registered platforms "
                        "are 'host', 'simulator', 'cupy', 'numba'"):
         devicejoblib.get_platform("rocm")
+
+
+def test_a_platform_unknown_to_the_unpickling_process_comes_back_as_its_class(registry):
+    fake = devicejoblib.register(FakeAccelerator())
+    data = pickle.dumps(fake)
+    del _platforms._PLATFORMS["fake"]  # as in a worker that never ran register()
+    restored = pickle.loads(data)
+    assert type(restored) is FakeAccelerator and restored.kind == "xpu"
+
+
+def test_is_available_never_raises_on_a_malformed_setting(monkeypatch):
+    monkeypatch.setenv("DEVICEJOBLIB_SIMULATE_GPUS", "two")
+    assert devicejoblib.is_available("cuda") is False
+    assert devicejoblib.get_platform("simulator").is_available() is False
+    with pytest.raises(ValueError, match="DEVICEJOBLIB_SIMULATE_GPUS='two'"):
+        devicejoblib.devices()
+
+
+def test_asking_about_real_gpus_leaves_simulation_alone_in_other_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with devicejoblib.simulate_gpus(2):
+        with ThreadPoolExecutor(4) as pool:
+            real = pool.map(lambda _: devicejoblib.is_available("cuda", simulated=False),
+                            range(200))
+            seen = pool.map(lambda _: len(devicejoblib.devices()), range(200))
+            assert set(seen) == {3}
+            assert len(set(real)) == 1
+        assert len(devicejoblib.devices()) == 3

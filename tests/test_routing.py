@@ -6,7 +6,7 @@ import pytest
 
 from device_kernels import cpu_only, gpu_only, plain_where, scale
 from devicejoblib import DeviceUnavailableError, devices, simulate_gpus
-from devicejoblib._arrays import to_host
+from devicejoblib._fusion import to_host
 from devicejoblib._routing import Router
 
 

@@ -32,7 +32,7 @@ from ._platforms import Platform, get_platform, platforms, register
 from ._safe_import import USE_JOBLIB, Parallel, cpu_count, delayed, parallel_config
 from ._version import __version__
 
-_LAZY = {"DeviceBackend": "._backend", "SimulatedDeviceArray": "._arrays"}
+_LAZY = {"DeviceBackend": "._backend", "SimulatedDeviceArray": "._platforms.simulated_arrays"}
 
 
 def __getattr__(name):

@@ -4,11 +4,13 @@ joblib sees one batch, one callback, results in order."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 from ._batching import BatchPolicy
 from ._devices import parse_devices
@@ -78,12 +80,13 @@ class DeviceBackend(ParallelBackendBase):
         # the load reads the workers, not the backend: no cycle may delay its finalizer
         self.router = Router(parse_devices(devices), placement,
                              load=lambda device_id: workers[device_id].pending_calls)
-        # simulated GPUs compute on the host at once: each gets its share of the cores
-        host_gpus = len(self.router.gpus)
+        per_platform = collections.Counter(d.platform for d in self.router.gpus)
         for device in self.router.gpus:
             sizer = self.batching.launch_sizer(device)
             execute = functools.partial(execute_gpu, device, keep_on_device, sizer)
-            self.workers[device.id] = GPUWorker(device, execute, sizer, host_gpus)
+            self.workers[device.id] = GPUWorker(device, execute, sizer,
+                                                per_platform[device.platform])
+        self._host_limits = contextlib.ExitStack()
         self._cpu = {}  # CPU route -> (submit, shutdown, abort)
         self._cpu_stats = {CPU_PROCESSES: [0, 0, 0.0], CPU_THREADS: [0, 0, 0.0]}
         self._stats_lock = threading.Lock()
@@ -122,7 +125,11 @@ class DeviceBackend(ParallelBackendBase):
         self.router.configure(self.cpu_backend, prefer, require)
         self._loky_kwargs = kwargs
         self.batching.start_call(parallel)
+        self._limit_host_threads()
         return self.effective_n_jobs(n_jobs)
+
+    def start_call(self):
+        self._aborted = False  # a managed Parallel may call again after an error
 
     def compute_batch_size(self):
         return self.batching.compute_batch_size()
@@ -133,6 +140,8 @@ class DeviceBackend(ParallelBackendBase):
     def submit(self, func, callback=None):
         # joblib calls submit from the callback thread too, where a raised error would
         # be lost and the batch never completed: errors become the batch's outcome.
+        if self._aborted:  # a batch dispatched while the call aborts: start nothing
+            return self._failed(CancelledError("the Parallel call was aborted"), callback)
         try:
             groups = self.router.split(func.items)
         except BaseException as exc:
@@ -144,7 +153,7 @@ class DeviceBackend(ParallelBackendBase):
                 return self._submit_part(target, func, callback)
             except BaseException as exc:
                 return self._failed(exc, callback)
-        joined = JoinedBatch(len(func.items), len(groups))
+        joined = JoinedBatch(len(func.items), len(groups), callback)
         for target, positions in groups.items():
             done = functools.partial(joined.part_done, positions)
             try:
@@ -152,8 +161,6 @@ class DeviceBackend(ParallelBackendBase):
                                   done)
             except BaseException as exc:
                 self._failed(exc, done)
-        if callback is not None:
-            joined.add_done_callback(callback)
         return joined
 
     def retrieve_result_callback(self, out):
@@ -163,9 +170,10 @@ class DeviceBackend(ParallelBackendBase):
         self._aborted = True
         for worker in self.workers.values():
             worker.cancel_pending()
-        for _, _, abort in self._cpu.values():
+        # joblib's callback thread may still submit meanwhile: detach, then abort
+        executors, self._cpu = self._cpu, {}
+        for _, _, abort in executors.values():
             abort()
-        self._cpu.clear()
 
     def stop_call(self):
         if self.parallel is not None and self.parallel.verbose:
@@ -173,9 +181,10 @@ class DeviceBackend(ParallelBackendBase):
                 self.parallel._print(line)
 
     def terminate(self):
-        for _, shutdown, _ in self._cpu.values():
+        executors, self._cpu = self._cpu, {}
+        for _, shutdown, _ in executors.values():
             shutdown()
-        self._cpu.clear()
+        self._host_limits.close()
         self.batching.end_call()
         # Break the backend <-> Parallel cycle so that, once the caller drops both, the
         # backend is freed at once and its finalizer joins the GPU threads.
@@ -228,6 +237,14 @@ class DeviceBackend(ParallelBackendBase):
         """CPU workers for a call's ``n_jobs`` (or the backend's ``n_cpu_jobs``)."""
         return cpu_n_jobs(self.n_cpu_jobs if self.n_cpu_jobs is not None else n_jobs)
 
+    def _limit_host_threads(self):
+        """For the coming call, limit native thread pools while GPU workers compute on
+        the host (simulated GPUs): each gets its share of the cores."""
+        self._host_limits.close()
+        per_platform = collections.Counter(w.device.platform for w in self.workers.values())
+        for platform, n_workers in per_platform.items():
+            self._host_limits.enter_context(platform.thread_limits(n_workers))
+
     def _failed(self, error, callback):
         """A Future that raises ``error``, its callback fired on the callback thread."""
         future = failed(error)
@@ -261,7 +278,6 @@ class DeviceBackend(ParallelBackendBase):
 
     def _submit_gpu(self, worker, batch, callback):
         started, whole, gpu_bound = time.perf_counter(), len(batch), self.batching.gpu_bound
-        future = worker.submit(GPUTask(batch, worker.device))
 
         def done(future):
             if gpu_bound:  # (after a failure the call ends and the sizer is reset)
@@ -273,8 +289,7 @@ class DeviceBackend(ParallelBackendBase):
             else:  # a call that outlived an abort: no callback thread to start again
                 callback(future)
 
-        future.add_done_callback(done)
-        return future
+        return worker.submit(GPUTask(batch, worker.device), done)
 
     def _cpu_executor(self, route):
         if route not in self._cpu:
@@ -293,7 +308,9 @@ class DeviceBackend(ParallelBackendBase):
         n_threads = n_threads or self._cpu_jobs
         limits = HOST.thread_limits(n_threads)
         limits.__enter__()  # held while the pool lives: its threads compute on the host
-        pool = ThreadPoolExecutor(n_threads, thread_name_prefix=f"devicejoblib-{route}")
+        pool = ThreadPoolExecutor(n_threads, thread_name_prefix=f"devicejoblib-{route}",
+                                  initializer=HOST.limit_thread,
+                                  initargs=(n_threads,))
 
         def shutdown(cancel_futures=False):
             pool.shutdown(cancel_futures=cancel_futures)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 
 from . import _platforms
 from ._errors import DeviceDiscoveryWarning, DeviceUnavailableError, InvalidDeviceError
-from ._platforms import DEVICE_KINDS, HOST, SIMULATOR, Platform, get_platform
+from ._platforms import DEVICE_KINDS, HOST, Platform, get_platform
 from ._utils import format_bytes, parse_bytes, warn_once
 
 SIMULATE_GPUS_ENV = "DEVICEJOBLIB_SIMULATE_GPUS"
@@ -179,6 +179,7 @@ class simulate_gpus:
         simulate_gpus._active = self._previous
 
 
+_NO_SIMULATION = (0, 0, 0.0)
 _cache: dict[tuple, Discovery] = {}
 _cache_lock = threading.Lock()
 
@@ -203,9 +204,14 @@ def devices(refresh=False):
     return discover(refresh).devices
 
 
-def discover(refresh=False):
-    """Full discovery result (devices, notes on missing GPUs, CUDA versions); cached."""
-    key = (_simulation(), os.environ.get("CUDA_VISIBLE_DEVICES"), _platforms.generation)
+def discover(refresh=False, simulation=None):
+    """Full discovery result (devices, notes on missing GPUs, CUDA versions); cached.
+
+    ``simulation``: ``(n, memory, latency)`` of simulated GPUs instead of the current
+    setting (``(0, 0, 0.0)``: real devices only).
+    """
+    simulation = _simulation() if simulation is None else simulation
+    key = (simulation, os.environ.get("CUDA_VISIBLE_DEVICES"), _platforms.generation)
     with _cache_lock:
         if refresh or key not in _cache:
             if refresh:
@@ -223,12 +229,19 @@ def is_available(kind="cuda", simulated=True):
         A device kind (a key of ``DEVICE_KINDS``).
     simulated : bool
         Count simulated GPUs (when simulation is on); False asks about real devices only.
+
+    Returns
+    -------
+    bool
     """
-    if simulated:
-        return any(d.kind == kind for d in devices())
-    with simulate_gpus(0), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeviceDiscoveryWarning)
-        return any(d.kind == kind for d in devices())
+    try:
+        with warnings.catch_warnings():
+            if not simulated:
+                warnings.simplefilter("ignore", DeviceDiscoveryWarning)
+            found = discover(simulation=None if simulated else _NO_SIMULATION).devices
+    except Exception:  # a malformed setting: the error belongs to devices(), not here
+        return False
+    return any(d.kind == kind for d in found)
 
 
 def parse_devices(spec=None):
@@ -291,15 +304,24 @@ def _split_spec(item, available):
             f"{_machine_has(available)}")
     kind = spellings[match.group(1)]
     index = None if match.group(2) is None else int(match.group(2))
-    if kind == HOST.kind and index not in (None, 0):
-        raise InvalidDeviceError(f"Invalid device {item!r}: the CPU is one device, 'cpu'; "
-                                 f"{_machine_has(available)}")
-    return kind, None if kind == HOST.kind else index
+    if not _indexed(kind):
+        if index not in (None, 0):
+            raise InvalidDeviceError(f"Invalid device {item!r}: {kind!r} is one device; "
+                                     f"{_machine_has(available)}")
+        index = None
+    return kind, index
+
+
+def _indexed(kind):
+    """Whether devices of ``kind`` are numbered (GPUs) or one (the CPU)."""
+    return any(p.indexed for p in _platforms.platforms() if p.kind == kind)
 
 
 def _default_gpu_kind(available):
-    """The kind a bare GPU index means: that of this machine's GPUs, else CUDA's."""
-    return next((d.kind for d in available if d.is_gpu), SIMULATOR.kind)
+    """The kind a bare GPU index means: that of this machine's GPUs, else the first
+    registered GPU platform's."""
+    return next((d.kind for d in available if d.is_gpu),
+                next(p.kind for p in _platforms.platforms() if p.is_gpu))
 
 
 def _machine_has(available):
@@ -311,11 +333,14 @@ def _machine_has(available):
 def _discover(n_simulated, simulated_memory, latency):
     cpu = cpu_device()
     if n_simulated:
-        found, _ = SIMULATOR.probe(count=n_simulated, memory=simulated_memory,
-                                   latency=latency, multiprocessors=cpu.cores)
+        simulated = []
+        for platform in (p for p in _platforms.platforms() if p.simulated):
+            found, _ = platform.probe(count=n_simulated, memory=simulated_memory,
+                                      latency=latency, multiprocessors=cpu.cores)
+            simulated.extend(Device(platform, **props) for props in found)
         note = (f"{n_simulated} simulated GPU(s) of {format_bytes(simulated_memory)} each "
                 f"({SIMULATE_GPUS_ENV} or simulate_gpus()); real GPUs are not probed")
-        return Discovery((cpu, *(Device(SIMULATOR, **props) for props in found)), (note,))
+        return Discovery((cpu, *simulated), (note,))
     gpus, notes, versions = _discover_real()
     return Discovery((cpu, *gpus), tuple(notes), versions)
 
@@ -366,10 +391,10 @@ def _discover_real():
 def _simulation():
     """(n, memory, latency) of simulated GPUs from simulate_gpus(), else the environment."""
     if simulate_gpus._active is not None:
-        return simulate_gpus._active if simulate_gpus._active[0] else (0, 0, 0.0)
+        return simulate_gpus._active if simulate_gpus._active[0] else _NO_SIMULATION
     raw = os.environ.get(SIMULATE_GPUS_ENV, "").strip()
     n = _check_gpu_count(raw, SIMULATE_GPUS_ENV) if raw else 0
-    return (n, _simulated_memory(), _simulated_latency()) if n else (0, 0, 0.0)
+    return (n, _simulated_memory(), _simulated_latency()) if n else _NO_SIMULATION
 
 
 def _check_gpu_count(value, name):

@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from joblib import parallel_config
 
 from ._devices import cpu_device
-from ._fusion import Failure, Ran, has_batched_form, run_calls
+from ._fusion import Failure, has_batched_form, run_calls
 from ._joblib_adapters import nested_config, nested_config_key
 
 
@@ -34,9 +34,9 @@ def execute_gpu(device, keep_on_device, sizer, tasks):
     allow (at most the sizer's batch size per launch). A :class:`Ran` with one result
     list (or the first call's :class:`Failure`) per task."""
     calls = tasks[0].items if len(tasks) == 1 else [c for task in tasks for c in task.items]
-    _use_nested_config(tasks[0])
-    ran = run_calls(calls, device, keep_on_device, sizer.size,
-                    on_out_of_memory=sizer.out_of_memory)
+    with parallel_config(**tasks[0].nested):
+        ran = run_calls(calls, device, keep_on_device, sizer.size,
+                        on_out_of_memory=sizer.out_of_memory)
     if len(tasks) == 1:
         ran.results = [_first_failure(ran.results)]
         return ran
@@ -46,26 +46,6 @@ def execute_gpu(device, keep_on_device, sizer, tasks):
         start += task.n_calls
     ran.results = per_task
     return ran
-
-
-_worker = threading.local()
-
-
-def _use_nested_config(task):
-    """Set the nested ``parallel_config`` of ``task`` on the calling worker thread.
-
-    It stays set for the next tasks with an equal config (the worker thread runs nothing
-    else): entering joblib's ``parallel_config`` anew for every batch was the largest
-    cost of a one-call batch on a GPU worker.
-    """
-    current = getattr(_worker, "config", None)
-    if current is not None and current[0] == task.config:
-        return
-    if current is not None:
-        current[1].__exit__(None, None, None)
-    config = parallel_config(**task.nested)
-    config.__enter__()
-    _worker.config = (task.config, config)
 
 
 def _first_failure(results):
@@ -96,13 +76,15 @@ class FusedCPUBatch:
 
 class JoinedBatch(Future):
     """The parts of one joblib batch that ran on several devices, joined in call order:
-    a Future completed when the last part is done (with the first error, if any)."""
+    a Future completed when the last part is done (with the first error, if any), then
+    passed to ``on_done`` (dropped once called: joblib's callback points back here)."""
 
-    def __init__(self, n_calls, n_parts):
+    def __init__(self, n_calls, n_parts, on_done=None):
         super().__init__()
         self._results = [None] * n_calls
         self._remaining = n_parts
         self._error = None
+        self._on_done = on_done
         self._join_lock = threading.Lock()
         self.set_running_or_notify_cancel()
 
@@ -124,6 +106,9 @@ class JoinedBatch(Future):
                 self.set_exception(self._error)
             else:
                 self.set_result(self._results)
+            on_done, self._on_done = self._on_done, None
+            if on_done is not None:
+                on_done(self)
 
 
 def failed(error):

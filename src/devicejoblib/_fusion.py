@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._arrays import to_host
 from ._kernels import Kernel
 from ._utils import warn_user
 
@@ -224,6 +223,16 @@ def add_note(exc, note):
         exc.add_note(note)
     else:
         exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+
+
+def to_host(result, device, keep_on_device=False):
+    """A call's result as the caller receives it: its arrays (also inside tuples and
+    lists) moved to the host by the device's platform, unless kept on the device."""
+    if isinstance(result, tuple):
+        return tuple(to_host(r, device, keep_on_device) for r in result)
+    if isinstance(result, list):
+        return [to_host(r, device, keep_on_device) for r in result]
+    return device.platform.to_host(result, device, keep_on_device)
 
 
 def describe(function, args, kwargs):

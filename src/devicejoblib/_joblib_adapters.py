@@ -7,6 +7,7 @@ releases.
 
 from __future__ import annotations
 
+import copy
 import functools
 
 from joblib._parallel_backends import (
@@ -53,8 +54,10 @@ def nested_config_key(batch):
 
 
 def sub_batch(batch, items):
-    """A BatchedCalls with some of ``batch``'s calls and the same nested config."""
-    return BatchedCalls(iter(items), (batch._backend, batch._n_jobs),
+    """A BatchedCalls with some of ``batch``'s calls and an equal nested config: a copy
+    of its nested backend, as the parts may run at once on several devices and a nested
+    backend object serves one Parallel call at a time."""
+    return BatchedCalls(iter(items), (copy.copy(batch._backend), batch._n_jobs),
                         batch._reducer_callback, batch._pickle_cache)
 
 

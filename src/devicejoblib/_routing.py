@@ -14,15 +14,27 @@ kernels and when threads were asked for (``prefer="threads"``, ``require="shared
 
 from __future__ import annotations
 
-from ._arrays import holds_any
-from ._devices import parse_devices
+from ._devices import devices, parse_devices
 from ._errors import InvalidDeviceError
 from ._kernels import Kernel
 from ._platforms import device_array_types, home_of
 from ._utils import warn_once
 
+
+def holds_any(types, args, kwargs):
+    """Whether a call's arguments include an instance of ``types``."""
+    for value in args:
+        if isinstance(value, types):
+            return True
+    return bool(kwargs) and any(isinstance(v, types) for v in kwargs.values())
+
+
 #: Routes of CPU calls, next to GPU ids: loky worker processes, or threads.
 CPU_PROCESSES, CPU_THREADS = "cpu", "cpu-threads"
+
+
+def _machine_has_gpu():
+    return any(d.is_gpu for d in devices())
 
 
 class Router:
@@ -135,7 +147,7 @@ class Router:
         gpus, other = choice
         if gpus:
             return gpus[0] if len(gpus) == 1 else min(gpus, key=self._load_of)
-        if has_gpu and allowed is None and not self.gpus:
+        if has_gpu and allowed is None and not self.gpus and not _machine_has_gpu():
             warn_once(f"kernel {function.__qualname__!r} has a GPU implementation but this "
                       "machine has no GPU: its calls run on the CPU (set placement='gpu' to "
                       "make this an error, or DEVICEJOBLIB_SIMULATE_GPUS to simulate GPUs)",

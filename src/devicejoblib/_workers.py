@@ -78,80 +78,98 @@ class GPUWorker(_QueueThread):
         with one result list (or :class:`~devicejoblib._fusion.Failure`) per task.
     sizer : GPUBatchSizer
         Decides how many calls to take at once; told how long each batch took.
-    host_threads : int
-        Threads computing on the host at once with this one (simulated GPUs): native
-        thread pools get their share of the cores.
+    siblings : int
+        Workers of the same platform, itself included, that may compute at once (on
+        the host, for simulated GPUs: each thread's native pools get its share).
     """
 
-    def __init__(self, device, execute, sizer, host_threads=1):
+    def __init__(self, device, execute, sizer, siblings=1):
         super().__init__(f"devicejoblib-{device.id}")
         self.device = device
         self.sizer = sizer
-        self.host_threads = host_threads
+        self.siblings = siblings
         self.pending_calls = 0
         self.calls = self.batches = 0
         self.busy_seconds = 0.0
         self._execute = execute
         self._queued = {}  # future -> calls, of tasks not started: what cancel_pending() cancels
 
-    def submit(self, task):
-        """Queue ``task``; start the thread on first use. Returns its Future, completed
-        with the task's results (a list) or its first error."""
+    def submit(self, task, on_done=None):
+        """Queue ``task``; start the thread on first use.
+
+        Returns its Future, completed with the task's results (a list) or its first
+        error, or cancelled. ``on_done(future)`` is called once it is, then dropped (the
+        Future keeps no reference to it: joblib's callbacks point back at the Future).
+        """
         future = Future()
         with self._lock:
             self.pending_calls += task.n_calls
-            self._queued[future] = task.n_calls
-        self._put((task, future))
+            self._queued[future] = (task.n_calls, on_done)
+        self._put((task, future, on_done))
         return future
 
     def cancel_pending(self):
         """Cancel every task not started yet (``Future.cancel``)."""
         with self._lock:
             queued, self._queued = self._queued, {}
-        cancelled = sum(n for future, n in queued.items() if future.cancel())
-        with self._lock:
-            self.pending_calls -= cancelled
+        for future, (n_calls, on_done) in queued.items():
+            if future.cancel():
+                with self._lock:
+                    self.pending_calls -= n_calls
+                if on_done is not None:
+                    on_done(future)
 
     def _run(self, items):
         bind_thread(self.device)
-        platform = self.device.platform
-        with platform.thread_limits(self.host_threads):
-            try:
-                sync, broken = platform.bind(self.device), None
-            except Exception as exc:  # every task fails with it: nothing may wait forever
-                broken = BrokenDeviceError(
-                    f"the worker thread of {self.device} cannot run calls: binding it to "
-                    f"the device failed: {type(exc).__name__}: {exc}")
-                broken.__cause__, sync = exc, None
-            held = None
-            while True:
-                group, held = self._next_group(items, held)
-                if group is None:
-                    return
-                # a method of its own, so that nothing of the batch (joblib's callbacks
-                # hold the Parallel call and its backend) stays referenced while idle
-                self._run_group(self._start(group), sync, broken)
-                del group
+        try:
+            sync, broken = self.device.platform.bind(self.device), None
+            self.device.platform.limit_thread(self.siblings)
+        except Exception as exc:  # every task fails with it: nothing may wait forever
+            sync, broken = None, exc
+        held = None
+        while True:
+            group, held = self._next_group(items, held)
+            if group is None:
+                return
+            # a method of its own, so that nothing of the batch (joblib's callbacks hold
+            # the Parallel call and its backend) stays referenced while the worker idles
+            self._run_group(self._start(group), sync, broken)
+            del group
 
     def _start(self, group):
         """The tasks of ``group`` that were not cancelled, now marked running."""
         with self._lock:
-            for _, future in group:
+            for _, future, _ in group:
                 self._queued.pop(future, None)
-        return [(task, future) for task, future in group
-                if future.set_running_or_notify_cancel()]
+        return [item for item in group if item[1].set_running_or_notify_cancel()]
 
     def _run_group(self, group, sync, broken):
         if not group:
             return
-        tasks = [task for task, _ in group]
-        n_calls = sum(task.n_calls for task in tasks)
+        n_calls = sum(task.n_calls for task, _, _ in group)
+        try:
+            results = self._execute_group(group, n_calls, sync, broken)
+        except BaseException as exc:  # whatever failed, every future is completed
+            results = [Failure(exc)] * len(group)
+        with self._lock:
+            self.pending_calls -= n_calls
+        for (_, future, on_done), result in zip(group, results):
+            if type(result) is Failure:
+                future.set_exception(result.error)
+            else:
+                future.set_result(result)
+            if on_done is not None:
+                on_done(future)
+
+    def _execute_group(self, group, n_calls, sync, broken):
+        """Results of the group's tasks (a list, or a Failure, each), with the launches
+        timed for the sizer and the worker's counts."""
         start = time.perf_counter()
         elapsed = self.device.platform.start_timer(self.device)
         try:
             if broken is not None:
-                raise broken
-            ran = self._execute(tasks)
+                raise self._broken(broken)
+            ran = self._execute([task for task, _, _ in group])
             sync()
             results, launches = ran.results, ran.launches
             self.sizer.note_bytes(ran.bytes_per_call)
@@ -162,15 +180,18 @@ class GPUWorker(_QueueThread):
         for calls, launch_seconds in launches or [(n_calls, elapsed())]:
             self.sizer.record(calls, launch_seconds)
         with self._lock:
-            self.pending_calls -= n_calls
             self.calls += n_calls
             self.batches += 1
             self.busy_seconds += seconds
-        for (_, future), result in zip(group, results):
-            if type(result) is Failure:
-                future.set_exception(result.error)
-            else:
-                future.set_result(result)
+        return results
+
+    def _broken(self, cause):
+        """A fresh error for each group (one instance re-raised would pile tracebacks)."""
+        error = BrokenDeviceError(
+            f"the worker thread of {self.device} cannot run calls: binding it to the "
+            f"device failed: {type(cause).__name__}: {cause}")
+        error.__cause__ = cause
+        return error
 
     def _next_group(self, items, held):
         """``(tasks to run together up to the batch size, the task that must start the

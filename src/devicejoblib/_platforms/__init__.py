@@ -25,7 +25,16 @@ def register(platform):
     """Add a platform (an instance of a :class:`Platform` subclass) to the registry.
 
     Platforms of real devices are probed in registration order; the first that finds
-    devices of a kind provides them. Registering a name again replaces that platform.
+    devices provides the machine's GPUs. Registering a name again replaces that platform.
+
+    Parameters
+    ----------
+    platform : Platform
+
+    Returns
+    -------
+    Platform
+        ``platform``, so that ``HOST = register(HostPlatform())`` reads naturally.
 
     Raises
     ------
@@ -61,17 +70,45 @@ def _check_fields(platform):
 
 
 def platforms():
-    """The registered platforms, in registration (probing) order."""
+    """The registered platforms.
+
+    Returns
+    -------
+    tuple of Platform
+        In registration order, which is the order platforms of real GPUs are probed in.
+    """
     return tuple(_PLATFORMS.values())
 
 
 def get_platform(name):
-    """The registered platform called ``name``."""
+    """The registered platform called ``name``.
+
+    Parameters
+    ----------
+    name : str
+        ``"host"``, ``"simulator"``, ``"cupy"``, ``"numba"`` or a registered one's.
+
+    Returns
+    -------
+    Platform
+
+    Raises
+    ------
+    ValueError
+        No platform of that name is registered; the message lists those that are.
+    """
     try:
         return _PLATFORMS[name]
     except KeyError:
         raise ValueError(f"Invalid platform {name!r}: registered platforms are "
                          f"{', '.join(map(repr, _PLATFORMS))}") from None
+
+
+def _restore(name, cls):
+    """A platform as unpickled: the registered one of that name and class, else a new
+    instance of the class."""
+    platform = _PLATFORMS.get(name)
+    return platform if type(platform) is cls else cls()
 
 
 class _DeviceKinds(Mapping):

@@ -33,7 +33,8 @@ class Platform(abc.ABC):
     is_gpu : bool
         Its devices get a worker thread each; calls with a GPU implementation go there.
     simulated : bool
-        Host-backed stand-ins for GPUs, made on request, never discovered.
+        Host-backed stand-ins for GPUs, made on request (``probe(count=...)``), never
+        discovered.
     package : str or None
         The module that must be importable for the platform to be probed.
     """
@@ -44,6 +45,8 @@ class Platform(abc.ABC):
     runs = "cpu"
     is_gpu = True
     simulated = False
+    #: Its devices are numbered (``cuda:0``...); False for a kind with one device (CPU).
+    indexed = True
     package: str | None = None
     #: Warn once when the package is installed but finds no device (it is installed for
     #: nothing else).
@@ -100,9 +103,13 @@ class Platform(abc.ABC):
         """Stand for a launch's fixed cost (simulated devices only)."""
 
     def thread_limits(self, n_threads):
-        """Context that limits the native thread pools (BLAS, OpenMP) of host compute
-        while ``n_threads`` threads of this platform compute at once."""
+        """Context that limits the process's native thread pools (BLAS) while
+        ``n_threads`` threads of this platform compute on the host at once."""
         return contextlib.nullcontext()
+
+    def limit_thread(self, n_threads):
+        """Limit the calling thread's own native pools (OpenMP), at the start of one of
+        ``n_threads`` threads of this platform computing on the host."""
 
     # --- data ----------------------------------------------------------------------------
 
@@ -159,9 +166,11 @@ class Platform(abc.ABC):
         return f"<platform {self.name!r}: {self.kind} devices>"
 
     def __reduce__(self):
-        from . import get_platform
+        # the registered object where this process has one (worker processes import
+        # devicejoblib, not the user's register() call): a new one of the same class
+        from . import _restore
 
-        return get_platform, (self.name,)
+        return _restore, (self.name, type(self))
 
 
 def _nothing_to_wait_for():

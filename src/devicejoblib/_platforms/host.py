@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 
 from .._safe_import import cpu_count
@@ -11,25 +12,26 @@ from .base import Platform
 
 
 class HostThreadLimits:
-    """threadpoolctl limits held while host threads of this process compute at once.
+    """threadpoolctl limits held while host threads of this process compute at once
+    (held by the backend for each ``Parallel`` call, by a CPU thread pool while it lives).
 
     BLAS pools are process-wide: the first holder sets the limit and the last one
-    restores the original; OpenMP limits are per thread, so every holder sets them in its
-    own thread too. (loky workers are processes: joblib limits those itself.)
+    restores the original; a later holder's share replaces an earlier one's while both
+    hold. OpenMP limits apply to the thread that sets them: :meth:`limit_this_thread`
+    sets them in a worker thread. (loky workers are processes: joblib limits those.)
     """
 
     def __init__(self):
         self._lock = threading.Lock()
         self._holders = 0
         self._original = None
+        self._controller = (None, None)  # (modules loaded when made, ThreadpoolController)
 
     @contextlib.contextmanager
     def hold(self, n_threads):
         """Limit native pools to their share of the cores while ``n_threads`` compute."""
-        from threadpoolctl import threadpool_limits
-
-        limiter = threadpool_limits(limits=max((cpu_count() or 1) // max(n_threads, 1), 1))
         with self._lock:
+            limiter = self._controller_now().limit(limits=_share(n_threads))
             if self._holders == 0:
                 self._original = limiter
             self._holders += 1
@@ -41,6 +43,27 @@ class HostThreadLimits:
                 if self._holders == 0:
                     self._original.restore_original_limits()
                     self._original = None
+
+    def limit_this_thread(self, n_threads):
+        """Limit the calling thread's OpenMP pool to its share (a worker thread's start)."""
+        with self._lock:
+            controller = self._controller_now()
+        controller.select(user_api="openmp").limit(limits=_share(n_threads))
+
+    def _controller_now(self):
+        # Making a controller scans the loaded libraries (~0.3-1 ms): reuse it while no
+        # module was imported since, which is when a new native library could appear.
+        from threadpoolctl import ThreadpoolController
+
+        modules, controller = self._controller
+        if controller is None or modules != len(sys.modules):
+            controller = ThreadpoolController()
+            self._controller = (len(sys.modules), controller)
+        return controller
+
+
+def _share(n_threads):
+    return max((cpu_count() or 1) // max(n_threads, 1), 1)
 
 
 HOST_THREADS = HostThreadLimits()
@@ -56,6 +79,7 @@ class HostPlatform(Platform):
     spellings = ("cpu",)
     runs = "cpu"
     is_gpu = False
+    indexed = False
 
     def probe(self, **settings):
         page = _sysconf("SC_PAGE_SIZE")
@@ -65,6 +89,9 @@ class HostPlatform(Platform):
 
     def thread_limits(self, n_threads):
         return HOST_THREADS.hold(n_threads)
+
+    def limit_thread(self, n_threads):
+        HOST_THREADS.limit_this_thread(n_threads)
 
     def runs_numba_cuda(self):
         return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"

@@ -33,7 +33,10 @@ class SimulatedGPUPlatform(Platform):
     def is_available(self):
         from .._devices import devices
 
-        return any(d.platform is self for d in devices())
+        try:
+            return any(d.platform is self for d in devices())
+        except Exception:  # a malformed DEVICEJOBLIB_SIMULATE_GPUS: devices() says so
+            return False
 
     def start_timer(self, device):
         start, latency = time.thread_time(), device.launch_latency
@@ -45,6 +48,9 @@ class SimulatedGPUPlatform(Platform):
 
     def thread_limits(self, n_threads):
         return HOST_THREADS.hold(n_threads)
+
+    def limit_thread(self, n_threads):
+        HOST_THREADS.limit_this_thread(n_threads)
 
     def to_host(self, result, device, keep_on_device=False):
         arrays = _arrays()
@@ -70,7 +76,7 @@ class SimulatedGPUPlatform(Platform):
 
 @functools.cache
 def _arrays():
-    """devicejoblib._arrays, imported on first use (it imports NumPy)."""
-    from .. import _arrays
+    """The simulator's arrays, imported on first use (they import NumPy)."""
+    from . import simulated_arrays
 
-    return _arrays
+    return simulated_arrays

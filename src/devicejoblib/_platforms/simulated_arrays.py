@@ -1,5 +1,5 @@
-"""Results on their way back from a device, and the simulator's stand-in for a CuPy
-array kept on a GPU."""
+"""The simulator's stand-in for a CuPy array kept on a GPU (imports NumPy: loaded on
+first use, never at package import)."""
 
 from __future__ import annotations
 
@@ -32,21 +32,3 @@ class SimulatedDeviceArray(np.ndarray):
     def get(self):
         """A plain NumPy copy, as ``cupy.ndarray.get()`` gives."""
         return np.array(self)
-
-
-def holds_any(types, args, kwargs):
-    """Whether a call's arguments include an instance of ``types``."""
-    for value in args:
-        if isinstance(value, types):
-            return True
-    return bool(kwargs) and any(isinstance(v, types) for v in kwargs.values())
-
-
-def to_host(result, device, keep_on_device=False):
-    """A call's result as the caller receives it: its arrays (also inside tuples and
-    lists) moved to the host by the device's platform, unless kept on the device."""
-    if isinstance(result, tuple):
-        return tuple(to_host(r, device, keep_on_device) for r in result)
-    if isinstance(result, list):
-        return [to_host(r, device, keep_on_device) for r in result]
-    return device.platform.to_host(result, device, keep_on_device)
