@@ -244,3 +244,12 @@ def collecting_probe(state, tag):
 @collecting_probe.setup
 def _(device):
     return CollectsWhenDropped()
+
+
+@kernel(portable=True)
+def nested_backend(tag):
+    """The backend a Parallel call made inside this call would use, by class and level."""
+    from joblib.parallel import get_active_backend
+
+    backend, n_jobs = get_active_backend()
+    return type(backend).__name__, backend.nesting_level, n_jobs

@@ -410,3 +410,16 @@ def test_nested_parallel_in_gpu_calls_of_a_batch_split_over_gpus(gpus):
     thread.start()
     thread.join(60)
     assert done.is_set(), "nested Parallel calls in split parts hung"
+
+
+def test_calls_on_gpus_see_the_nested_config_joblib_gives_threads(gpus):
+    from joblib.parallel import get_active_backend
+
+    from device_kernels import nested_backend
+
+    expected = Parallel(n_jobs=2, backend="threading")(
+        delayed(nested_backend.__wrapped__)(i) for i in range(2))
+    out = Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"))(
+        delayed(nested_backend)(i) for i in range(6))
+    assert set(out) == set(expected)
+    assert type(get_active_backend()[0]).__name__ == "LokyBackend"  # the caller's: untouched

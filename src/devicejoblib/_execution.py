@@ -7,11 +7,9 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 
-from joblib import parallel_config
-
 from ._devices import cpu_device
 from ._fusion import Failure, has_batched_form, run_calls
-from ._joblib_adapters import nested_config, nested_config_key
+from ._joblib_adapters import applied_config, nested_config, nested_config_key
 
 
 class GPUTask:
@@ -34,7 +32,7 @@ def execute_gpu(device, keep_on_device, sizer, tasks):
     allow (at most the sizer's batch size per launch). A :class:`Ran` with one result
     list (or the first call's :class:`Failure`) per task."""
     calls = tasks[0].items if len(tasks) == 1 else [c for task in tasks for c in task.items]
-    with parallel_config(**tasks[0].nested):
+    with applied_config(tasks[0].nested):
         ran = run_calls(calls, device, keep_on_device, sizer.size,
                         on_out_of_memory=sizer.out_of_memory)
     if len(tasks) == 1:
@@ -66,7 +64,7 @@ class FusedCPUBatch:
         return len(self.batch)
 
     def __call__(self):
-        with parallel_config(**nested_config(self.batch)):
+        with applied_config(nested_config(self.batch)):
             results = run_calls(self.batch.items, cpu_device()).results
         for result in results:
             if type(result) is Failure:

@@ -1,6 +1,7 @@
 """The one module that uses joblib's private objects: ``BatchedCalls``' fields,
 ``LokyBackend`` and its auto batching (``AutoBatchingMixin``), ``ThreadingBackend``'s
-``n_jobs`` arithmetic, ``get_active_backend``, the memmapping folder context. The joblib
+``n_jobs`` arithmetic, ``get_active_backend``, its thread-local configuration, the
+memmapping folder context. The joblib
 range they were checked with is pinned in pyproject.toml; CI tests its lowest and newest
 releases.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 
+from joblib import parallel as _joblib_parallel
 from joblib._parallel_backends import (
     FallbackToBackend,
     LokyBackend,
@@ -18,8 +20,8 @@ from joblib._parallel_backends import (
 )
 from joblib.parallel import BatchedCalls, get_active_backend
 
-__all__ = ["FallbackToBackend", "ParallelBackendBase", "active_backend", "cpu_auto_batching",
-           "cpu_n_jobs",
+__all__ = ["FallbackToBackend", "ParallelBackendBase", "active_backend", "applied_config",
+           "cpu_auto_batching", "cpu_n_jobs",
            "make_loky", "nested_config", "nested_config_key", "sub_batch"]
 
 
@@ -44,6 +46,30 @@ def nested_config(batch):
     """The ``parallel_config`` keyword arguments a batch's calls run under (what
     ``BatchedCalls.__call__`` sets for nested Parallel calls)."""
     return {"backend": batch._backend, "n_jobs": batch._n_jobs}
+
+
+class applied_config:
+    """``with applied_config(nested_config(batch)):`` what ``parallel_config(**nested)``
+    sets, written straight into joblib's thread-local configuration.
+
+    For a backend instance and ``n_jobs``, ``parallel_config`` only copies the current
+    configuration with those two replaced; its validation, paid for every batch, was the
+    largest cost of a one-call batch on a GPU worker (bench_dispatch.py).
+    """
+
+    __slots__ = ("_nested", "_old")
+
+    def __init__(self, nested):
+        self._nested = nested
+
+    def __enter__(self):
+        local = _joblib_parallel._backend
+        self._old = getattr(local, "config", _joblib_parallel.default_parallel_config)
+        local.config = {**self._old, **self._nested}
+        return self
+
+    def __exit__(self, *exc_info):
+        _joblib_parallel._backend.config = self._old
 
 
 def nested_config_key(batch):
