@@ -157,6 +157,9 @@ def test_gpu_error_keeps_type_and_names_device_and_call():
         Parallel(n_jobs=2, backend="device")(delayed(fails_on)(i, 3) for i in range(6))
     notes = " ".join(getattr(info.value, "__notes__", []))
     assert "fails_on(3, 3)" in notes and "cuda:" in notes
+    # the frames of the user's code, as loky keeps a worker's: in the cause
+    cause = str(info.value.__cause__)
+    assert "device_kernels.py" in cause and 'raise ValueError(f"bad input {x}")' in cause
 
 
 def test_cpu_error_keeps_type():
@@ -222,9 +225,46 @@ def test_report_counts_every_call_per_device(capsys, gpus):
 
 def test_effective_n_jobs_above_one_with_a_single_gpu(gpus):
     backend = DeviceBackend(devices=gpus[0])
-    assert backend.effective_n_jobs(1) == 2
-    out = Parallel(n_jobs=1, backend=backend)(delayed(locate)(i) for i in range(3))
+    assert backend.effective_n_jobs(2) == 2
+    out = Parallel(n_jobs=2, backend=backend)(delayed(locate)(i) for i in range(3))
     assert {d for _, d, _, _ in out} == {gpus[0].id}
+
+
+def devicejoblib_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("devicejoblib")]
+
+
+@pytest.mark.parametrize("n_jobs", [1, None])
+def test_n_jobs_1_runs_in_the_callers_thread_and_still_routes_kernels(gpus, n_jobs):
+    backend = DeviceBackend()
+    assert backend.effective_n_jobs(n_jobs) == 1
+    calls = [delayed(locate)(0), delayed(plain_where)(1), delayed(locate.on("cpu"))(2),
+             delayed(locate.on(gpus[-1].id))(3)]
+    out = Parallel(n_jobs=n_jobs, backend=backend)(calls)
+    me = threading.current_thread().name
+    assert [(tag, device, thread) for tag, device, _, thread in out] == [
+        (0, gpus[0].id, me), (1, "cpu", me), (2, "cpu", me), (3, gpus[-1].id, me)]
+    assert not devicejoblib_threads()  # no worker was started
+    assert devicejoblib.current_device().id == "cpu"  # the caller's device, restored
+    assert locate(4)[1] == "cpu"  # outside Parallel, kernels run their CPU implementation
+
+
+def test_n_jobs_none_follows_a_parallel_config_that_sets_more(gpus):
+    with parallel_config(backend="device", n_jobs=2):
+        out = Parallel()(delayed(locate)(i) for i in range(4))
+    assert {thread for *_, thread in out} <= {f"devicejoblib-{d.id}" for d in gpus}
+
+
+def test_n_jobs_1_raises_a_gpu_calls_error_in_the_caller_with_its_frames(gpus):
+    with pytest.raises(ValueError, match="bad input 2") as info:
+        Parallel(n_jobs=1, backend=DeviceBackend(placement="gpu"))(
+            delayed(fails_on)(i, 2) for i in range(4))
+    import traceback
+
+    frames = "".join(traceback.format_tb(info.value.__traceback__))
+    assert 'raise ValueError(f"bad input {x}")' in frames  # the user's frame, here
+    assert "fails_on(2, 2) on cuda:" in " ".join(info.value.__notes__)
+    assert devicejoblib.current_device().id == "cpu"
 
 
 def test_gpu_placement_without_gpu_is_an_error(no_gpu):

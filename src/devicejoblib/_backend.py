@@ -13,14 +13,16 @@ import weakref
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 from ._batching import BatchPolicy
+from ._context import bind_thread, caller_route, route_in_caller
 from ._devices import parse_devices
 from ._execution import FusedCPUBatch, GPUTask, JoinedBatch, execute_gpu, failed
-from ._fusion import has_batched_form
+from ._fusion import add_note, describe, has_batched_form, to_host
 from ._joblib_adapters import (
     FallbackToBackend,
     ParallelBackendBase,
     active_backend,
     cpu_n_jobs,
+    is_running,
     make_loky,
     sub_batch,
 )
@@ -115,14 +117,22 @@ class DeviceBackend(ParallelBackendBase):
         # sum cost 10% per CPU call, bench_dispatch.py); never 1 with a GPU, or joblib
         # would bypass the backend.
         cpu = self._cpu_n_jobs(n_jobs)
-        return max(cpu, len(self.workers), 2) if self.workers else cpu
+        if not self.workers or self._in_caller(n_jobs):
+            return cpu
+        return max(cpu, len(self.workers), 2)
 
     def configure(self, n_jobs=1, parallel=None, prefer=None, require=None, **kwargs):
-        self.parallel = parallel
         self._accepting = True
         self._resident.acquire()
         self._cpu_jobs = self._cpu_n_jobs(n_jobs)
         self.router.configure(self.cpu_backend, prefer, require)
+        if self.workers and self._in_caller(n_jobs):
+            # joblib runs the calls in this thread, one by one, and never terminates the
+            # backend after: keep nothing of the call. Kernels still go where routing
+            # sends them, in this thread, so that a debugger can step into GPU code.
+            _CallerRoute.install(self, parallel)
+            return 1
+        self.parallel = parallel
         self._loky_kwargs = kwargs
         self.batching.start_call(parallel)
         self._limit_host_threads()
@@ -237,6 +247,29 @@ class DeviceBackend(ParallelBackendBase):
         """CPU workers for a call's ``n_jobs`` (or the backend's ``n_cpu_jobs``)."""
         return cpu_n_jobs(self.n_cpu_jobs if self.n_cpu_jobs is not None else n_jobs)
 
+    def _in_caller(self, n_jobs):
+        """Whether a call's ``n_jobs`` asks joblib to run the calls in the caller's
+        thread (1, or None with no ``parallel_config`` setting more)."""
+        return n_jobs in (None, 1) and self.n_cpu_jobs in (None, 1)
+
+    def _run_in_caller(self, kernel, args, kwargs):
+        """One kernel call of a ``Parallel(n_jobs=1)`` call: routed, run in this thread,
+        bound to its device for the call; its result moved to the host."""
+        device = self.router.route(kernel, args, kwargs)
+        if not device.is_gpu:
+            return kernel.run_on(None, args, kwargs)
+        with device.platform.bound(device) as sync:
+            previous = bind_thread(device)
+            try:
+                result = kernel.run_on(device, args, kwargs)
+                sync()
+            except Exception as exc:
+                add_note(exc, f"raised by {describe(kernel, args, kwargs)} on {device}")
+                raise
+            finally:
+                bind_thread(previous)
+        return to_host(result, device, self.keep_on_device)
+
     def _limit_host_threads(self):
         """For the coming call, limit native thread pools while GPU workers compute on
         the host (simulated GPUs): each gets its share of the cores."""
@@ -317,6 +350,31 @@ class DeviceBackend(ParallelBackendBase):
             limits.__exit__(None, None, None)
 
         return pool.submit, shutdown, functools.partial(shutdown, cancel_futures=True)
+
+
+class _CallerRoute:
+    """Routes the kernels a ``Parallel(n_jobs=1)`` call runs in the caller's thread, and
+    stands down (restoring the route before it) once that call is over."""
+
+    def __init__(self, backend, parallel, previous):
+        self._backend = weakref.ref(backend)
+        self._parallel = weakref.ref(parallel)
+        self._previous = previous
+
+    @classmethod
+    def install(cls, backend, parallel):
+        if parallel is not None:
+            route_in_caller(cls(backend, parallel, caller_route()))
+
+    def active(self):
+        backend, parallel = self._backend(), self._parallel()
+        if backend is not None and parallel is not None and is_running(parallel):
+            return True
+        route_in_caller(self._previous)
+        return False
+
+    def __call__(self, kernel, args, kwargs):
+        return self._backend()._run_in_caller(kernel, args, kwargs)
 
 
 def _release(threads, resident):

@@ -8,8 +8,23 @@ _local = threading.local()
 
 
 def bind_thread(device):
-    """Bind the calling thread (a GPU worker) to ``device`` for every call it runs."""
-    _local.device = device
+    """Bind the calling thread (a GPU worker) to ``device`` for every call it runs (None:
+    unbind); returns the device it was bound to."""
+    previous, _local.device = getattr(_local, "device", None), device
+    return previous
+
+
+def route_in_caller(route):
+    """Have kernels called in this thread run where ``route(kernel, args, kwargs)`` says
+    while ``route.active()`` (a backend running a ``Parallel`` call with ``n_jobs=1``);
+    None stops it. Returns the previous route."""
+    previous, _local.route = getattr(_local, "route", None), route
+    return previous
+
+
+def caller_route():
+    """The route set by :func:`route_in_caller` for this thread, or None."""
+    return getattr(_local, "route", None)
 
 
 def bound_device():

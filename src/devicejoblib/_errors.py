@@ -16,6 +16,30 @@ class BrokenDeviceError(BrokenExecutor):
     was lost); the device is named and the underlying error chained as the cause."""
 
 
+class WorkerTraceback(Exception):
+    """The traceback of an error raised on a GPU's worker thread, kept as the error's
+    ``__cause__`` (joblib drops the error's own traceback; loky keeps its workers' the
+    same way), so that the user's frames are shown."""
+
+    def __init__(self, text):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
+def with_worker_traceback(error):
+    """``error``, with its traceback (formatted now, in the worker) as its cause unless it
+    already has one."""
+    if error.__cause__ is None and error.__traceback__ is not None:
+        import traceback
+
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        error.__cause__ = WorkerTraceback(f'\n"""\n{text}"""')
+    return error
+
+
 class DeviceDiscoveryWarning(RuntimeWarning):
     """CUDA looked present (a package or driver) but no usable device was found."""
 

@@ -21,13 +21,18 @@ from joblib._parallel_backends import (
 from joblib.parallel import BatchedCalls, get_active_backend
 
 __all__ = ["FallbackToBackend", "ParallelBackendBase", "active_backend", "applied_config",
-           "cpu_auto_batching", "cpu_n_jobs",
+           "cpu_auto_batching", "cpu_n_jobs", "is_running",
            "make_loky", "nested_config", "nested_config_key", "sub_batch"]
 
 
 def active_backend():
     """The backend a ``parallel_config`` block (or joblib's default) has set."""
     return get_active_backend()[0]
+
+
+def is_running(parallel):
+    """Whether a ``Parallel`` call is still running (its sequential loop included)."""
+    return bool(getattr(parallel, "_running", False))
 
 
 def cpu_n_jobs(n_jobs):

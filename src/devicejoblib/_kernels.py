@@ -7,7 +7,7 @@ import importlib
 import inspect
 import threading
 
-from ._context import bound_device, current_device
+from ._context import bound_device, caller_route, current_device
 from ._errors import DeviceUnavailableError
 from ._platforms import GPU_IMPLEMENTATION, IMPLEMENTATIONS
 
@@ -150,6 +150,15 @@ class Kernel:
 
     def __call__(self, *args, **kwargs):
         device = bound_device()
+        if device is None:
+            route = caller_route()
+            if route is not None and route.active():  # Parallel(n_jobs=1) runs: routed
+                return route(self, args, kwargs)
+        return self.run_on(device, args, kwargs)
+
+    def run_on(self, device, args, kwargs):
+        """Run the implementation for ``device`` (None: the CPU) in the calling thread,
+        which is bound to that device."""
         if self._setup is not None:
             args = (self.state(), *args)
         if device is None or device.platform.runs != GPU_IMPLEMENTATION or self._cuda is None:

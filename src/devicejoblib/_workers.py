@@ -11,7 +11,7 @@ import time
 from concurrent.futures import Future
 
 from ._context import bind_thread
-from ._errors import BrokenDeviceError
+from ._errors import BrokenDeviceError, with_worker_traceback
 from ._fusion import Failure
 
 _STOP = object()
@@ -155,7 +155,7 @@ class GPUWorker(_QueueThread):
             self.pending_calls -= n_calls
         for (_, future, on_done), result in zip(group, results):
             if type(result) is Failure:
-                future.set_exception(result.error)
+                future.set_exception(with_worker_traceback(result.error))
             else:
                 future.set_result(result)
             if on_done is not None:

@@ -91,6 +91,12 @@ class Platform(abc.ABC):
         the work this thread queued on it is done."""
         return _nothing_to_wait_for
 
+    def bound(self, device):
+        """Context that binds the calling thread to ``device`` for one call and restores
+        its previous device after (``Parallel(n_jobs=1)`` runs GPU calls in the
+        caller's thread); yields the function that waits for the call's queued work."""
+        return contextlib.nullcontext(_nothing_to_wait_for)
+
     def synchronize(self):
         """Wait for the work the calling thread queued on its device."""
 

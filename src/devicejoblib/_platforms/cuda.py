@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -89,6 +90,15 @@ class CuPyPlatform(CUDAPlatform):
         stream.use()
         return stream.synchronize
 
+    @contextlib.contextmanager
+    def bound(self, device):
+        import cupy
+
+        with cupy.cuda.Device(device.index):
+            stream = cupy.cuda.Stream(non_blocking=True)
+            with stream:
+                yield stream.synchronize
+
     def synchronize(self):
         import cupy
 
@@ -166,6 +176,13 @@ class NumbaPlatform(CUDAPlatform):
 
         cuda.select_device(device.index)
         return cuda.synchronize
+
+    @contextlib.contextmanager
+    def bound(self, device):
+        from numba import cuda
+
+        with cuda.gpus[device.index]:
+            yield cuda.synchronize
 
     def synchronize(self):
         from numba import cuda
