@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import difflib
 import functools
 import threading
 import time
@@ -29,7 +30,7 @@ from ._joblib_adapters import (
 from ._kernels import ResidentHold
 from ._platforms import HOST
 from ._routing import CPU_PROCESSES, CPU_THREADS, Router
-from ._utils import is_whole
+from ._utils import check_flag, is_whole
 from ._workers import CallbackThread, GPUWorker
 
 CPU_BACKENDS = ("loky", "threading")
@@ -74,9 +75,10 @@ class DeviceBackend(ParallelBackendBase):
         if n_cpu_jobs is not None and (not is_whole(n_cpu_jobs) or n_cpu_jobs == 0):
             raise ValueError(f"Invalid n_cpu_jobs={n_cpu_jobs!r}: expected a non-zero "
                              "integer (-1 for all CPUs) or None")
+        _refuse_misspelt(backend_kwargs)
         self.cpu_backend = cpu_backend
         self.n_cpu_jobs = n_cpu_jobs
-        self.keep_on_device = keep_on_device
+        self.keep_on_device = check_flag("keep_on_device", keep_on_device)
         self.batching = BatchPolicy(max_batch_size, nesting_level)
         self.workers = workers = {}
         # the load reads the workers, not the backend: no cycle may delay its finalizer
@@ -350,6 +352,21 @@ class DeviceBackend(ParallelBackendBase):
             limits.__exit__(None, None, None)
 
         return pool.submit, shutdown, functools.partial(shutdown, cancel_futures=True)
+
+
+_OWN_PARAMETERS = ("devices", "placement", "cpu_backend", "n_cpu_jobs", "keep_on_device",
+                   "max_batch_size")
+
+
+def _refuse_misspelt(backend_kwargs):
+    """A keyword close to one of the backend's own is a typo, not an option for loky
+    (where the others go)."""
+    for name in backend_kwargs:
+        close = difflib.get_close_matches(name, _OWN_PARAMETERS, n=1, cutoff=0.75)
+        if close:
+            raise TypeError(f"Invalid argument {name}={backend_kwargs[name]!r} for the "
+                            f"device backend: did you mean {close[0]}=? Its arguments are "
+                            f"{', '.join(_OWN_PARAMETERS)}")
 
 
 class _CallerRoute:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from . import _platforms
 from ._errors import DeviceDiscoveryWarning, DeviceUnavailableError, InvalidDeviceError
 from ._platforms import DEVICE_KINDS, HOST, Platform, get_platform
-from ._utils import format_bytes, parse_bytes, warn_once
+from ._utils import format_bytes, is_whole, parse_bytes, warn_once
 
 SIMULATE_GPUS_ENV = "DEVICEJOBLIB_SIMULATE_GPUS"
 SIMULATED_MEMORY_ENV = "DEVICEJOBLIB_SIMULATED_MEMORY"
@@ -157,7 +157,7 @@ class simulate_gpus:
 
     def __init__(self, n, memory=None, launch_latency=None):
         n = _check_gpu_count(n, "simulate_gpus(n)")
-        memory = _simulated_memory() if memory is None else parse_bytes(memory, "memory")
+        memory = _simulated_memory() if memory is None else _check_memory(memory, "memory")
         latency = (_simulated_latency() if launch_latency is None
                    else _check_latency(launch_latency, "launch_latency"))
         self.n = n
@@ -294,8 +294,8 @@ def _split_spec(item, available):
     if isinstance(item, Device):
         return item.kind, item.index
     spellings = {alias: kind for kind, aliases in DEVICE_KINDS.items() for alias in aliases}
-    if isinstance(item, int) and not isinstance(item, bool):
-        return _default_gpu_kind(available), item
+    if is_whole(item):
+        return _default_gpu_kind(available), int(item)
     match = _SPEC.match(item.strip().lower()) if isinstance(item, str) else None
     if match is None or match.group(1) not in spellings:
         raise InvalidDeviceError(
@@ -426,4 +426,16 @@ def _simulated_latency():
 
 def _simulated_memory():
     raw = os.environ.get(SIMULATED_MEMORY_ENV)
-    return parse_bytes(raw, SIMULATED_MEMORY_ENV) if raw else DEFAULT_SIMULATED_MEMORY
+    return _check_memory(raw, SIMULATED_MEMORY_ENV) if raw else DEFAULT_SIMULATED_MEMORY
+
+
+MIN_SIMULATED_MEMORY, MAX_SIMULATED_MEMORY = 2**10, 2**50
+
+
+def _check_memory(value, name):
+    """Bytes of a simulated GPU: from 1 KiB to 1 PiB."""
+    memory = parse_bytes(value, name)
+    if not MIN_SIMULATED_MEMORY <= memory <= MAX_SIMULATED_MEMORY:
+        raise ValueError(f"Invalid {name}={value!r}: {format_bytes(memory)} is outside "
+                         "what a simulated GPU may have, 1 KiB to 1 PiB (such as '16GiB')")
+    return memory

@@ -10,6 +10,7 @@ import threading
 from ._context import bound_device, caller_route, current_device
 from ._errors import DeviceUnavailableError
 from ._platforms import GPU_IMPLEMENTATION, IMPLEMENTATIONS
+from ._utils import check_callable, check_flag
 
 
 def kernel(function=None, *, nogil=False, gpu_only=False, portable=False):
@@ -38,8 +39,16 @@ def kernel(function=None, *, nogil=False, gpu_only=False, portable=False):
     ...     import cupy
     ...     return float(cupy.sqrt((x * x).sum()))
     """
+    nogil, gpu_only, portable = (check_flag(name, value) for name, value in (
+        ("nogil", nogil), ("gpu_only", gpu_only), ("portable", portable)))
+    if gpu_only and portable:
+        raise ValueError("Invalid kernel(gpu_only=True, portable=True): a portable function "
+                         "is both implementations, a gpu_only one has no CPU implementation; "
+                         "choose one")
     if function is None:
         return functools.partial(kernel, nogil=nogil, gpu_only=gpu_only, portable=portable)
+    check_callable("kernel function", function,
+                   "a function: use @kernel, or @kernel(nogil=..., gpu_only=..., portable=...)")
     cuda = function if gpu_only or portable else None
     return Kernel(None if gpu_only else function, cuda, nogil=nogil, wraps=function)
 
@@ -74,7 +83,7 @@ class Kernel:
 
     def cuda(self, function):
         """Decorator: register ``function`` as the GPU implementation; returns the kernel."""
-        self._cuda = function
+        self._cuda = check_callable(f"GPU implementation of {self.__name__!r}", function)
         return self
 
     def batched(self, function=None, *, same=(), device=None):
@@ -95,6 +104,7 @@ class Kernel:
         """
         if function is None:
             return functools.partial(self.batched, same=same, device=device)
+        check_callable(f"batched form of {self.__name__!r}", function)
         kinds = IMPLEMENTATIONS if device is None else (device,)
         if not set(kinds) <= set(IMPLEMENTATIONS):
             raise ValueError(f"Invalid device={device!r} for a batched form: expected "
@@ -114,7 +124,8 @@ class Kernel:
         (callers do not pass it). Model weights, compiled kernels and random generators
         are made once per device instead of being shipped with every call.
         """
-        self._setup = function
+        self._setup = check_callable(f"setup of {self.__name__!r}", function,
+                                     "a function of the device")
         for form in self._batched.values():
             form.set_stateful(True)
         return self

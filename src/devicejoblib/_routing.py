@@ -15,7 +15,7 @@ kernels and when threads were asked for (``prefer="threads"``, ``require="shared
 from __future__ import annotations
 
 from ._devices import devices, parse_devices
-from ._errors import InvalidDeviceError
+from ._errors import DeviceUnavailableError, InvalidDeviceError
 from ._kernels import Kernel
 from ._platforms import device_array_types, home_of
 from ._utils import warn_once
@@ -147,6 +147,12 @@ class Router:
         gpus, other = choice
         if gpus:
             return gpus[0] if len(gpus) == 1 else min(gpus, key=self._load_of)
+        if not has_cpu:
+            has = ", ".join(str(d) for d in (allowed or self.devices))
+            raise DeviceUnavailableError(
+                f"kernel {function.__qualname__!r} has only a GPU implementation and no GPU "
+                f"to run on: the devices its calls may use are {has} (give the backend a "
+                "GPU, or DEVICEJOBLIB_SIMULATE_GPUS to simulate one)")
         if has_gpu and allowed is None and not self.gpus and not _machine_has_gpu():
             warn_once(f"kernel {function.__qualname__!r} has a GPU implementation but this "
                       "machine has no GPU: its calls run on the CPU (set placement='gpu' to "

@@ -39,6 +39,21 @@ def check_count(name, value, minimum=1, allow_none=False):
                      + (" or None" if allow_none else ""))
 
 
+def check_flag(name, value):
+    """``value`` when it is True or False (NumPy's too); otherwise a ValueError naming
+    ``name``: a truthy string such as ``"no"`` must not pass for True."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise ValueError(f"Invalid {name}={value!r}: expected True or False")
+
+
+def check_callable(name, value, expected="a function"):
+    """``value`` when it is callable; otherwise a TypeError naming ``name``."""
+    if callable(value):
+        return value
+    raise TypeError(f"Invalid {name} {value!r}: expected {expected}")
+
+
 def parse_bytes(value, name="size"):
     """Bytes from an int or a string such as ``"512M"``, ``"16GiB"`` or ``"2GB"``.
 
