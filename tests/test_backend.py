@@ -463,3 +463,50 @@ def test_calls_on_gpus_see_the_nested_config_joblib_gives_threads(gpus):
         delayed(nested_backend)(i) for i in range(6))
     assert set(out) == set(expected)
     assert type(get_active_backend()[0]).__name__ == "LokyBackend"  # the caller's: untouched
+
+
+def test_a_call_left_running_by_a_timeout_does_not_hold_up_the_next_call(gpus):
+    finished = []
+
+    def slow(i):
+        time.sleep(3.0)
+        finished.append(i)
+
+    with parallel_config(backend="device", placement="gpu"):
+        with pytest.raises(multiprocessing.TimeoutError):
+            Parallel(n_jobs=2, timeout=0.3)(delayed(slow)(i) for i in range(len(gpus)))
+        out = Parallel(n_jobs=2)(delayed(locate)(i) for i in range(8))
+        assert finished == []  # the next call ran while the slow ones still ran
+    assert [tag for tag, *_ in out] == list(range(8))
+
+
+def test_exit_is_not_held_up_by_a_call_that_never_returns(run_python):
+    proc = run_python("""
+        import time
+        from multiprocessing import TimeoutError
+        from devicejoblib import Parallel, delayed, parallel_config
+
+        def forever(i):
+            time.sleep(3600)
+
+        with parallel_config(backend="device", placement="gpu"):
+            try:
+                Parallel(n_jobs=2, timeout=0.5)(delayed(forever)(i) for i in range(2))
+            except TimeoutError:
+                print("timed out")
+    """, env={"DEVICEJOBLIB_SIMULATE_GPUS": "2"})  # run_python fails after 120 s
+    assert "timed out" in proc.stdout
+
+
+def test_no_gpu_call_starts_once_the_first_error_is_raised(gpus):
+    started = []
+    with parallel_config(backend="device", placement="gpu"):
+        with pytest.raises(RuntimeError, match="stop"):
+            # large batches: each GPU holds many calls when the second call fails
+            Parallel(n_jobs=2, batch_size=20)(
+                delayed(slow_then_fail(1, started))(i) for i in range(100))
+        at_raise = len(started)
+        time.sleep(0.3)  # the calls still running end; no other may start
+    assert len(started) == at_raise
+    # the batch holding the failure stopped there, and the other GPU's batch stopped too
+    assert at_raise < 20

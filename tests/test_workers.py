@@ -20,7 +20,7 @@ def worker_with_gate():
     """A worker whose first execution waits on a gate, so that tasks queue up behind it."""
     entered, gate, groups = threading.Event(), threading.Event(), []
 
-    def execute(tasks):
+    def execute(tasks, should_stop=None):
         groups.append([t.name for t in tasks])
         if len(groups) == 1:
             entered.set()
@@ -72,7 +72,8 @@ def test_a_failed_binding_breaks_every_task_with_the_device_named(monkeypatch):
         raise OSError("no context")
 
     monkeypatch.setattr(DEVICE.platform, "bind", broken)
-    worker = GPUWorker(DEVICE, lambda tasks: Ran([t.name for t in tasks]), GPUBatchSizer(DEVICE))
+    worker = GPUWorker(DEVICE, lambda tasks, _: Ran([t.name for t in tasks]),
+                       GPUBatchSizer(DEVICE))
     futures = [worker.submit(Task(i)) for i in range(3)]
     assert not wait(futures, timeout=10).not_done
     worker.stop()

@@ -182,6 +182,7 @@ class DeviceBackend(ParallelBackendBase):
         self._aborted = True
         for worker in self.workers.values():
             worker.cancel_pending()
+            worker.abandon_running()
         # joblib's callback thread may still submit meanwhile: detach, then abort
         executors, self._cpu = self._cpu, {}
         for _, _, abort in executors.values():
@@ -395,10 +396,12 @@ class _CallerRoute:
 
 
 def _release(threads, resident):
-    _stop_all(threads)
+    # when the backend is collected, or at exit: a call that outlived an abort is not
+    # waited for (it may never return); its daemon thread ends with it
+    _stop_all(threads, abandoned=False)
     resident.release()
 
 
-def _stop_all(workers, wait=True):
+def _stop_all(workers, wait=True, abandoned=True):
     for worker in workers:
-        worker.stop(wait)
+        worker.stop(wait, abandoned)

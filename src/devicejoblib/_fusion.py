@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,17 +40,20 @@ class Ran:
         self.launches.append((n_calls, seconds))
 
 
-def run_calls(calls, device, keep_on_device=False, max_fused=None, on_out_of_memory=None):
+def run_calls(calls, device, keep_on_device=False, max_fused=None, on_out_of_memory=None,
+              should_stop=None):
     """Run ``calls`` (``(function, args, kwargs)``) on ``device``, in order: a :class:`Ran`.
 
     At most ``max_fused`` calls go into one fused launch. A call that raised has a
     :class:`Failure` in its slot. Out of memory, a fused launch is split in halves (and
     ``on_out_of_memory(calls)`` told its size); a single call is retried once after the
-    memory pool's cached blocks are freed.
+    memory pool's cached blocks are freed. Calls run one by one stop at the first that
+    fails (the ``Parallel`` call raises its error: the rest carry it too, not started),
+    and when ``should_stop()`` turns true (an abort: the rest are cancelled).
     """
     runs = device.platform.runs
     if not has_batched_form(calls, runs):
-        return Ran([run_one(call, device, keep_on_device) for call in calls])
+        return Ran(_run_one_by_one(calls, device, keep_on_device, should_stop))
     ran = Ran([None] * len(calls))
     results = ran.results
     pending = plan(calls, runs, max_fused)
@@ -73,6 +77,19 @@ def run_calls(calls, device, keep_on_device=False, max_fused=None, on_out_of_mem
         for position in positions:
             results[position] = run_one(calls[position], device, keep_on_device)
     return ran
+
+
+def _run_one_by_one(calls, device, keep_on_device, should_stop):
+    results = []
+    for call in calls:
+        if should_stop is not None and should_stop():
+            stopped = Failure(CancelledError(f"cancelled on {device}: the call was aborted"))
+            return results + [stopped] * (len(calls) - len(results))
+        result = run_one(call, device, keep_on_device)
+        results.append(result)
+        if type(result) is Failure:
+            return results + [result] * (len(calls) - len(results))
+    return results
 
 
 def has_batched_form(calls, runs):

@@ -41,9 +41,10 @@ class _QueueThread(abc.ABC):
                 self._thread.start()
             self._queue.put(item)
 
-    def stop(self, wait=True):
-        """Stop the thread after what is already queued; wait for it — and for threads
-        stopped earlier without waiting — unless told not to."""
+    def stop(self, wait=True, abandoned=True):
+        """Stop the thread after what is already queued; wait for it — and, when
+        ``abandoned``, for threads stopped earlier without waiting (a call that outlived
+        an abort) — unless told not to."""
         with self._lock:
             thread, self._thread = self._thread, None
             if thread is not None:
@@ -51,7 +52,11 @@ class _QueueThread(abc.ABC):
                 self._stopping.append(thread)
             if not wait:
                 return
-            stopping, self._stopping = self._stopping, []
+            if abandoned:
+                stopping, self._stopping = self._stopping, []
+            else:
+                stopping = [thread] if thread is not None else []
+                self._stopping = [t for t in self._stopping if t is not thread]
         for thread in stopping:
             if thread is not threading.current_thread():
                 thread.join()
@@ -74,8 +79,10 @@ class GPUWorker(_QueueThread):
     ----------
     device : Device
     execute : callable
-        Runs a list of tasks on this thread; returns a :class:`~devicejoblib._fusion.Ran`
-        with one result list (or :class:`~devicejoblib._fusion.Failure`) per task.
+        ``execute(tasks, should_stop)`` runs a list of tasks on this thread (stopping
+        between calls once ``should_stop()``); returns a
+        :class:`~devicejoblib._fusion.Ran` with one result list (or
+        :class:`~devicejoblib._fusion.Failure`) per task.
     sizer : GPUBatchSizer
         Decides how many calls to take at once; told how long each batch took.
     siblings : int
@@ -91,6 +98,8 @@ class GPUWorker(_QueueThread):
         self.pending_calls = 0
         self.calls = self.batches = 0
         self.busy_seconds = 0.0
+        self.busy = False  # a group is running on the thread
+        self._epoch = 0  # bumped by an abort: a running group starts no more calls
         self._execute = execute
         self._queued = {}  # future -> calls, of tasks not started: what cancel_pending() cancels
 
@@ -108,9 +117,17 @@ class GPUWorker(_QueueThread):
         self._put((task, future, on_done))
         return future
 
+    def abandon_running(self):
+        """After an abort: leave a call still running to finish on its own (its thread
+        exits then); later tasks start on a fresh thread, not behind it."""
+        if self.busy:
+            self.stop(wait=False)
+
     def cancel_pending(self):
-        """Cancel every task not started yet (``Future.cancel``)."""
+        """Cancel every task not started yet (``Future.cancel``); a running group starts
+        no more of its calls."""
         with self._lock:
+            self._epoch += 1
             queued, self._queued = self._queued, {}
         for future, (n_calls, on_done) in queued.items():
             if future.cancel():
@@ -147,12 +164,14 @@ class GPUWorker(_QueueThread):
         if not group:
             return
         n_calls = sum(task.n_calls for task, _, _ in group)
+        self.busy = True
         try:
             results = self._execute_group(group, n_calls, sync, broken)
         except BaseException as exc:  # whatever failed, every future is completed
             results = [Failure(exc)] * len(group)
         with self._lock:
             self.pending_calls -= n_calls
+            self.busy = False
         for (_, future, on_done), result in zip(group, results):
             if type(result) is Failure:
                 future.set_exception(with_worker_traceback(result.error))
@@ -169,7 +188,9 @@ class GPUWorker(_QueueThread):
         try:
             if broken is not None:
                 raise self._broken(broken)
-            ran = self._execute([task for task, _, _ in group])
+            epoch = self._epoch
+            ran = self._execute([task for task, _, _ in group],
+                                lambda: self._epoch != epoch)
             sync()
             results, launches = ran.results, ran.launches
             self.sizer.note_bytes(ran.bytes_per_call)
