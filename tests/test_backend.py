@@ -510,3 +510,30 @@ def test_no_gpu_call_starts_once_the_first_error_is_raised(gpus):
     assert len(started) == at_raise
     # the batch holding the failure stopped there, and the other GPU's batch stopped too
     assert at_raise < 20
+
+
+def test_ctrl_c_ends_the_program_while_gpu_calls_run(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import time\n"
+        "from devicejoblib import Parallel, delayed, parallel_config\n"
+        "def slow(i):\n"
+        "    time.sleep(120)\n"
+        "print('running', flush=True)\n"
+        "with parallel_config(backend='device', placement='gpu'):\n"
+        "    Parallel(n_jobs=2)(delayed(slow)(i) for i in range(4))\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "DEVICEJOBLIB_SIMULATE_GPUS": "2"})
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        time.sleep(1.0)  # the GPU calls have started
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)  # the calls would take 120 s
+    finally:
+        proc.kill()
+    assert "KeyboardInterrupt" in err and proc.returncode != 0
