@@ -23,17 +23,9 @@ EXPECTED = {
     "test_warning_about_timeout_not_supported_by_backend": "asserts the default backend",
     "test_nested_loop[": "nested Parallel(backend='device') in a loky worker process "
                          "whose code never imported devicejoblib (nothing registered it)",
-    "test_effective_n_jobs_None": "with GPUs, n_jobs=None still reports 2 workers",
-    "test_nested_backend_in_sequential": "with GPUs, n_jobs=1 still dispatches (the GPU "
-                                         "workers are threads), so calls see the nested "
-                                         "backend",
-    "test_dispatch_one_job[": "with GPUs, n_jobs=1 still pre-dispatches (with batch_size=4 "
-                              "whether the first batch is consumed before the producer "
-                              "runs on is a matter of timing)",
     "test_threadpool_limitation_in_child_loky[-2]": "with GPUs, effective_n_jobs(-2) on 2 "
                                                    "cores is 2 (the GPU workers), loky's 1: "
-                                                   "the expected child limit differs (also "
-                                                   "before platforms, in some test orders)",
+                                                   "the expected child limit differs",
 }
 
 CONFTEST = """
