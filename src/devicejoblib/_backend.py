@@ -87,7 +87,7 @@ class DeviceBackend(ParallelBackendBase):
         per_platform = collections.Counter(d.platform for d in self.router.gpus)
         for device in self.router.gpus:
             sizer = self.batching.launch_sizer(device)
-            execute = functools.partial(execute_gpu, device, keep_on_device, sizer)
+            execute = functools.partial(execute_gpu, device, self.keep_on_device, sizer)
             self.workers[device.id] = GPUWorker(device, execute, sizer,
                                                 per_platform[device.platform])
         self._host_limits = contextlib.ExitStack()
@@ -116,8 +116,9 @@ class DeviceBackend(ParallelBackendBase):
     def effective_n_jobs(self, n_jobs):
         # joblib slices the input into this many batches per round and keeps twice as
         # many in flight. max(), not the sum, keeps CPU batches as loky's would be (the
-        # sum cost 10% per CPU call, bench_dispatch.py); never 1 with a GPU, or joblib
-        # would bypass the backend.
+        # sum cost 10% per CPU call, bench_dispatch.py); with a GPU never 1 (joblib would
+        # bypass the backend) unless the call asks for one job: it then runs in the
+        # caller, kernels routed by _CallerRoute.
         cpu = self._cpu_n_jobs(n_jobs)
         if not self.workers or self._in_caller(n_jobs):
             return cpu
