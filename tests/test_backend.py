@@ -537,3 +537,26 @@ def test_ctrl_c_ends_the_program_while_gpu_calls_run(tmp_path):
     finally:
         proc.kill()
     assert "KeyboardInterrupt" in err and proc.returncode != 0
+
+
+def test_n_jobs_1_routes_only_the_calls_its_own_loop_makes(gpus):
+    on_gpu = Parallel(n_jobs=1, backend=DeviceBackend(placement="gpu"),
+                      return_as="generator")(delayed(locate)(i) for i in range(3))
+    on_cpu = Parallel(n_jobs=1, backend=DeviceBackend(placement="cpu"),
+                      return_as="generator")(delayed(locate)(i) for i in range(3))
+    seen = []
+    for first, second in zip(on_gpu, on_cpu):  # two calls interleaved in one thread
+        seen.append((first[1], second[1], locate(9)[1]))  # and one direct call between
+    assert seen == [(gpus[0].id, "cpu", "cpu")] * 3
+
+
+def calls_a_kernel(i):
+    return locate(i)[1]
+
+
+def test_a_kernel_inside_a_plain_task_runs_as_it_would_in_a_worker(gpus):
+    one = Parallel(n_jobs=1, backend=DeviceBackend())(delayed(calls_a_kernel)(i)
+                                                       for i in range(2))
+    two = Parallel(n_jobs=2, backend=DeviceBackend())(delayed(calls_a_kernel)(i)
+                                                       for i in range(2))
+    assert one == two == ["cpu", "cpu"]

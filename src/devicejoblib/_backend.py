@@ -13,8 +13,9 @@ import time
 import weakref
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 
+from . import _context
 from ._batching import BatchPolicy
-from ._context import bind_thread, caller_route, route_in_caller
+from ._context import bind_thread
 from ._devices import parse_devices
 from ._execution import FusedCPUBatch, GPUTask, JoinedBatch, execute_gpu, failed
 from ._fusion import add_note, describe, has_batched_form, to_host
@@ -23,8 +24,8 @@ from ._joblib_adapters import (
     ParallelBackendBase,
     active_backend,
     cpu_n_jobs,
-    is_running,
     make_loky,
+    sequential_backend,
     sub_batch,
 )
 from ._kernels import ResidentHold
@@ -131,9 +132,9 @@ class DeviceBackend(ParallelBackendBase):
         self.router.configure(self.cpu_backend, prefer, require)
         if self.workers and self._in_caller(n_jobs):
             # joblib runs the calls in this thread, one by one, and never terminates the
-            # backend after: keep nothing of the call. Kernels still go where routing
-            # sends them, in this thread, so that a debugger can step into GPU code.
-            _CallerRoute.install(self, parallel)
+            # backend after: keep nothing of the call. The kernels its loop calls still
+            # go where routing sends them (run_in_caller), in this thread, so that a
+            # debugger can step into GPU code.
             return 1
         self.parallel = parallel
         self._loky_kwargs = kwargs
@@ -256,7 +257,7 @@ class DeviceBackend(ParallelBackendBase):
         thread (1, or None with no ``parallel_config`` setting more)."""
         return n_jobs in (None, 1) and self.n_cpu_jobs in (None, 1)
 
-    def _run_in_caller(self, kernel, args, kwargs):
+    def run_in_caller(self, kernel, args, kwargs):
         """One kernel call of a ``Parallel(n_jobs=1)`` call: routed, run in this thread,
         bound to its device for the call; its result moved to the host."""
         device = self.router.route(kernel, args, kwargs)
@@ -371,29 +372,12 @@ def _refuse_misspelt(backend_kwargs):
                             f"{', '.join(_OWN_PARAMETERS)}")
 
 
-class _CallerRoute:
-    """Routes the kernels a ``Parallel(n_jobs=1)`` call runs in the caller's thread, and
-    stands down (restoring the route before it) once that call is over."""
+def _backend_calling(frame):
+    backend = sequential_backend(frame)
+    return backend if isinstance(backend, DeviceBackend) and backend.workers else None
 
-    def __init__(self, backend, parallel, previous):
-        self._backend = weakref.ref(backend)
-        self._parallel = weakref.ref(parallel)
-        self._previous = previous
 
-    @classmethod
-    def install(cls, backend, parallel):
-        if parallel is not None:
-            route_in_caller(cls(backend, parallel, caller_route()))
-
-    def active(self):
-        backend, parallel = self._backend(), self._parallel()
-        if backend is not None and parallel is not None and is_running(parallel):
-            return True
-        route_in_caller(self._previous)
-        return False
-
-    def __call__(self, kernel, args, kwargs):
-        return self._backend()._run_in_caller(kernel, args, kwargs)
+_context.backend_calling = _backend_calling
 
 
 def _release(threads, resident):

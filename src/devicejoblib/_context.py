@@ -14,17 +14,9 @@ def bind_thread(device):
     return previous
 
 
-def route_in_caller(route):
-    """Have kernels called in this thread run where ``route(kernel, args, kwargs)`` says
-    while ``route.active()`` (a backend running a ``Parallel`` call with ``n_jobs=1``);
-    None stops it. Returns the previous route."""
-    previous, _local.route = getattr(_local, "route", None), route
-    return previous
-
-
-def caller_route():
-    """The route set by :func:`route_in_caller` for this thread, or None."""
-    return getattr(_local, "route", None)
+#: Set by the backend module: ``backend_calling(frame)`` gives the device backend whose
+#: ``Parallel(n_jobs=1)`` loop is the caller in ``frame``, else None.
+backend_calling = None
 
 
 def bound_device():

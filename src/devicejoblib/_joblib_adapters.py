@@ -1,7 +1,8 @@
 """The one module that uses joblib's private objects: ``BatchedCalls``' fields,
 ``LokyBackend`` and its auto batching (``AutoBatchingMixin``), ``ThreadingBackend``'s
-``n_jobs`` arithmetic, ``get_active_backend``, its thread-local configuration, the
-memmapping folder context. The joblib
+``n_jobs`` arithmetic, ``get_active_backend``, its thread-local configuration,
+``Parallel``'s sequential loop (to recognise the calls it makes), the memmapping folder
+context. The joblib
 range they were checked with is pinned in pyproject.toml; CI tests its lowest and newest
 releases.
 """
@@ -18,11 +19,21 @@ from joblib._parallel_backends import (
     ParallelBackendBase,
     ThreadingBackend,
 )
-from joblib.parallel import BatchedCalls, get_active_backend
+from joblib.parallel import BatchedCalls, Parallel, get_active_backend
 
-__all__ = ["FallbackToBackend", "ParallelBackendBase", "active_backend", "applied_config",
-           "cpu_auto_batching", "cpu_n_jobs", "is_running",
-           "make_loky", "nested_config", "nested_config_key", "sub_batch"]
+__all__ = [
+    "FallbackToBackend",
+    "ParallelBackendBase",
+    "active_backend",
+    "applied_config",
+    "cpu_auto_batching",
+    "cpu_n_jobs",
+    "make_loky",
+    "nested_config",
+    "nested_config_key",
+    "sequential_backend",
+    "sub_batch",
+]
 
 
 def active_backend():
@@ -30,9 +41,15 @@ def active_backend():
     return get_active_backend()[0]
 
 
-def is_running(parallel):
-    """Whether a ``Parallel`` call is still running (its sequential loop included)."""
-    return bool(getattr(parallel, "_running", False))
+_SEQUENTIAL_LOOP = Parallel._get_sequential_output.__code__
+
+
+def sequential_backend(frame):
+    """The backend of the ``Parallel`` call whose ``n_jobs=1`` loop is running in
+    ``frame`` (the loop calls each task itself), else None."""
+    if frame is None or frame.f_code is not _SEQUENTIAL_LOOP:
+        return None
+    return getattr(frame.f_locals.get("self"), "_backend", None)
 
 
 def cpu_n_jobs(n_jobs):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import sys
 import threading
 
-from ._context import bound_device, caller_route, current_device
+from . import _context
+from ._context import bound_device, current_device
 from ._errors import DeviceUnavailableError
 from ._platforms import GPU_IMPLEMENTATION, IMPLEMENTATIONS
 from ._utils import check_callable, check_flag
@@ -161,10 +163,12 @@ class Kernel:
 
     def __call__(self, *args, **kwargs):
         device = bound_device()
-        if device is None:
-            route = caller_route()
-            if route is not None and route.active():  # Parallel(n_jobs=1) runs: routed
-                return route(self, args, kwargs)
+        if device is None and _context.backend_calling is not None:
+            # called by joblib's loop for Parallel(n_jobs=1) with the device backend:
+            # routed, run in this thread
+            backend = _context.backend_calling(sys._getframe(1))
+            if backend is not None:
+                return backend.run_in_caller(self, args, kwargs)
         return self.run_on(device, args, kwargs)
 
     def run_on(self, device, args, kwargs):

@@ -42,7 +42,8 @@ def check_count(name, value, minimum=1, allow_none=False):
 def check_flag(name, value):
     """``value`` when it is True or False (NumPy's too); otherwise a ValueError naming
     ``name``: a truthy string such as ``"no"`` must not pass for True."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, bool) or (type(value).__module__ == "numpy"
+                                   and type(value).__name__ in ("bool", "bool_")):
         return bool(value)
     raise ValueError(f"Invalid {name}={value!r}: expected True or False")
 
