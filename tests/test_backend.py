@@ -309,7 +309,10 @@ def test_a_worker_that_cannot_bind_fails_its_calls_instead_of_hanging(monkeypatc
         Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"))(
             delayed(locate)(i) for i in range(4))
     assert isinstance(info.value, BrokenExecutor)
-    assert isinstance(info.value.__cause__, OSError)
+    assert "no device left" in str(info.value)  # every GPU was lost
+    cause = info.value.__cause__  # the last worker's error, its binding error below
+    assert isinstance(cause, devicejoblib.BrokenDeviceError)
+    assert isinstance(cause.__cause__, OSError)
 
 
 def test_large_cpu_arguments_leave_no_memmapped_files(run_python):
@@ -560,3 +563,37 @@ def test_a_kernel_inside_a_plain_task_runs_as_it_would_in_a_worker(gpus):
     two = Parallel(n_jobs=2, backend=DeviceBackend())(delayed(calls_a_kernel)(i)
                                                        for i in range(2))
     assert one == two == ["cpu", "cpu"]
+
+
+def lose_gpu(monkeypatch, device):
+    """Make binding a worker thread to ``device`` fail, as a lost GPU would."""
+    bind = device.platform.bind
+
+    def failing(bound):
+        if bound.id == device.id:
+            raise OSError(f"{bound.id} fell off the bus")
+        return bind(bound)
+
+    monkeypatch.setattr(device.platform, "bind", failing)
+
+
+def test_calls_of_a_lost_gpu_run_on_the_others_once_each(monkeypatch, gpus):
+    if len(gpus) < 2:
+        pytest.skip("needs two GPUs")
+    lose_gpu(monkeypatch, gpus[1])
+    backend = DeviceBackend(placement="gpu")
+    out = Parallel(n_jobs=2, backend=backend, batch_size=3)(
+        delayed(locate)(i) for i in range(60))
+    assert [tag for tag, *_ in out] == list(range(60))
+    assert {device for _, device, _, _ in out} == {gpus[0].id}
+    report = backend.report()
+    assert "fell off the bus" in report[gpus[1].id]["lost"]
+    assert report[gpus[0].id]["calls"] == 60  # none lost, none run twice
+
+
+def test_a_call_pinned_to_a_lost_gpu_fails_naming_it(monkeypatch, gpus):
+    lose_gpu(monkeypatch, gpus[-1])
+    with pytest.raises(devicejoblib.BrokenDeviceError,
+                       match=rf"no device left to run locate: .*{gpus[-1].id}.*fell off"):
+        Parallel(n_jobs=2, backend=DeviceBackend())(
+            delayed(locate.on(gpus[-1].id))(i) for i in range(4))

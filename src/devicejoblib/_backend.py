@@ -89,8 +89,9 @@ class DeviceBackend(ParallelBackendBase):
         for device in self.router.gpus:
             sizer = self.batching.launch_sizer(device)
             execute = functools.partial(execute_gpu, device, self.keep_on_device, sizer)
-            self.workers[device.id] = GPUWorker(device, execute, sizer,
-                                                per_platform[device.platform])
+            self.workers[device.id] = GPUWorker(
+                device, execute, sizer, per_platform[device.platform],
+                rescue=functools.partial(_rescue, weakref.ref(self), device.id))
         self._host_limits = contextlib.ExitStack()
         self._cpu = {}  # CPU route -> (submit, shutdown, abort)
         self._cpu_stats = {CPU_PROCESSES: [0, 0, 0.0], CPU_THREADS: [0, 0, 0.0]}
@@ -236,6 +237,9 @@ class DeviceBackend(ParallelBackendBase):
             if worker.calls:
                 out[device_id] = {"calls": worker.calls, "batches": worker.batches,
                                   "seconds": worker.busy_seconds, **worker.sizer.describe()}
+            if worker.lost is not None:
+                out.setdefault(device_id, {"calls": 0, "batches": 0, "seconds": 0.0})
+                out[device_id]["lost"] = str(worker.lost)
         return out
 
     def format_report(self):
@@ -274,6 +278,28 @@ class DeviceBackend(ParallelBackendBase):
             finally:
                 bind_thread(previous)
         return to_host(result, device, self.keep_on_device)
+
+    def _resubmit(self, batch, future, on_done):
+        """Route ``batch`` again and complete ``future`` (already running) with it."""
+        groups = self.router.split(batch.items)
+
+        def forward(joined):
+            try:
+                future.set_result(joined.result())
+            except BaseException as exc:
+                future.set_exception(exc)
+            if on_done is not None:
+                on_done(future)
+
+        joined = JoinedBatch(len(batch.items), len(groups), forward)
+        for target, positions in groups.items():
+            positions = range(len(batch.items)) if positions is None else positions
+            done = functools.partial(joined.part_done, positions)
+            try:
+                self._submit_part(target, sub_batch(batch, [batch.items[i] for i in positions]),
+                                  done)
+            except BaseException as exc:
+                self._failed(exc, done)
 
     def _limit_host_threads(self):
         """For the coming call, limit native thread pools while GPU workers compute on
@@ -370,6 +396,21 @@ def _refuse_misspelt(backend_kwargs):
             raise TypeError(f"Invalid argument {name}={backend_kwargs[name]!r} for the "
                             f"device backend: did you mean {close[0]}=? Its arguments are "
                             f"{', '.join(_OWN_PARAMETERS)}")
+
+
+def _rescue(backend_ref, device_id, error, task, future, on_done):
+    """A task whose device is lost: routed again over the devices left (none of its calls
+    ran), its results handed to its future; the error when no device is left."""
+    backend = backend_ref()
+    try:
+        if backend is None:
+            raise error
+        backend.router.lose(device_id, error)
+        backend._resubmit(task.batch, future, on_done)
+    except BaseException as exc:
+        future.set_exception(exc)
+        if on_done is not None:
+            on_done(future)
 
 
 def _backend_calling(frame):

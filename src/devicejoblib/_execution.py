@@ -17,9 +17,10 @@ class GPUTask:
     batched form for the GPU) with the same ``config`` (joblib's nested backend) may
     run together."""
 
-    __slots__ = ("config", "fusable", "items", "n_calls", "nested")
+    __slots__ = ("batch", "config", "fusable", "items", "n_calls", "nested")
 
     def __init__(self, batch, device):
+        self.batch = batch  # to route it elsewhere if the device is lost
         self.items = batch.items
         self.n_calls = len(batch.items)
         self.nested = nested_config(batch)

@@ -15,7 +15,7 @@ kernels and when threads were asked for (``prefer="threads"``, ``require="shared
 from __future__ import annotations
 
 from ._devices import devices, parse_devices
-from ._errors import DeviceUnavailableError, InvalidDeviceError
+from ._errors import BrokenDeviceError, DeviceUnavailableError, InvalidDeviceError
 from ._kernels import Kernel
 from ._platforms import device_array_types, home_of
 from ._utils import warn_once
@@ -59,12 +59,19 @@ class Router:
         self._allowed_cache = {}
         self.default_allowed = self.allowed(placement) if placement is not None else None
         self._choices = {}  # (allowed, has GPU impl, has CPU impl) -> capability's answer
+        self.lost = {}  # device id -> the BrokenDeviceError that took it out
         self.cpu_route = CPU_PROCESSES
 
     def configure(self, cpu_backend="loky", prefer=None, require=None):
         """Where CPU calls go for the coming ``Parallel`` call: threads when asked for."""
         threads = cpu_backend == "threading" or prefer == "threads" or require == "sharedmem"
         self.cpu_route = CPU_THREADS if threads else CPU_PROCESSES
+
+    def lose(self, device_id, error):
+        """Route no more calls to ``device_id``: its worker cannot go on (``error``)."""
+        if device_id not in self.lost:
+            self.lost = {**self.lost, device_id: error}
+            self._choices = {}
 
     def allowed(self, placement):
         """The devices of this router that ``placement`` allows.
@@ -136,14 +143,15 @@ class Router:
         if self.gpus and (args or kwargs):
             for value in (*args, *kwargs.values()):
                 device = self._by_id.get(home_of(value))
-                if device is not None and (allowed is None or device in allowed):
+                if (device is not None and (allowed is None or device in allowed)
+                        and device.id not in self.lost):
                     return device
         has_gpu = is_kernel and function.has_gpu
         has_cpu = not is_kernel or function.has_cpu
         key = (id(allowed), has_gpu, has_cpu)  # allowed tuples live as long as the router
         choice = self._choices.get(key)
         if choice is None:
-            choice = self._choices[key] = self._choose(allowed, has_gpu, has_cpu)
+            choice = self._choices[key] = self._choose(allowed, has_gpu, has_cpu, function)
         gpus, other = choice
         if gpus:
             return gpus[0] if len(gpus) == 1 else min(gpus, key=self._load_of)
@@ -160,14 +168,25 @@ class Router:
                       RuntimeWarning)
         return other
 
-    def _choose(self, allowed, has_gpu, has_cpu):
+    def _choose(self, allowed, has_gpu, has_cpu, function):
         """``(GPUs to pick the least loaded from, else the device)`` by capability."""
         candidates = allowed if allowed is not None else self.devices
+        if self.lost:
+            live = tuple(d for d in candidates if d.id not in self.lost)
+            if not live:
+                self._no_device_left(candidates, function)
+            candidates = live
         gpus = tuple(d for d in candidates if d.is_gpu)
         cpu_possible = self.cpu in candidates and has_cpu
         if gpus and (has_gpu or not cpu_possible):
             return gpus, None
         return (), self.cpu if cpu_possible else candidates[0]
+
+    def _no_device_left(self, candidates, function):
+        name = getattr(function, "__qualname__", repr(function))
+        errors = [self.lost[d.id] for d in candidates]
+        raise BrokenDeviceError(
+            f"no device left to run {name}: " + "; ".join(map(str, errors))) from errors[-1]
 
     def _load_of(self, device):
         return self._load(device.id)

@@ -88,9 +88,13 @@ class GPUWorker(_QueueThread):
     siblings : int
         Workers of the same platform, itself included, that may compute at once (on
         the host, for simulated GPUs: each thread's native pools get its share).
+    rescue : callable, optional
+        ``rescue(error, task, future, on_done)`` takes over a task this worker cannot
+        run (its device is lost: ``error`` is the BrokenDeviceError) and completes its
+        future; without it such tasks fail with that error.
     """
 
-    def __init__(self, device, execute, sizer, siblings=1):
+    def __init__(self, device, execute, sizer, siblings=1, rescue=None):
         super().__init__(f"devicejoblib-{device.id}")
         self.device = device
         self.sizer = sizer
@@ -101,6 +105,8 @@ class GPUWorker(_QueueThread):
         self.busy = False  # a group is running on the thread
         self._epoch = 0  # bumped by an abort: a running group starts no more calls
         self._execute = execute
+        self._rescue = rescue
+        self.lost = None  # the BrokenDeviceError once the device is lost
         self._queued = {}  # future -> calls, of tasks not started: what cancel_pending() cancels
 
     def submit(self, task, on_done=None):
@@ -164,6 +170,9 @@ class GPUWorker(_QueueThread):
         if not group:
             return
         n_calls = sum(task.n_calls for task, _, _ in group)
+        if broken is not None and self._rescue is not None:
+            self._hand_over(group, n_calls, broken)
+            return
         self.busy = True
         try:
             results = self._execute_group(group, n_calls, sync, broken)
@@ -179,6 +188,14 @@ class GPUWorker(_QueueThread):
                 future.set_result(result)
             if on_done is not None:
                 on_done(future)
+
+    def _hand_over(self, group, n_calls, cause):
+        """The device is lost: every task of the group goes to ``rescue`` (none ran)."""
+        self.lost = self.lost or self._broken(cause)
+        with self._lock:
+            self.pending_calls -= n_calls
+        for task, future, on_done in group:
+            self._rescue(self.lost, task, future, on_done)
 
     def _execute_group(self, group, n_calls, sync, broken):
         """Results of the group's tasks (a list, or a Failure, each), with the launches
