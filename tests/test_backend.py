@@ -597,3 +597,39 @@ def test_a_call_pinned_to_a_lost_gpu_fails_naming_it(monkeypatch, gpus):
                        match=rf"no device left to run locate: .*{gpus[-1].id}.*fell off"):
         Parallel(n_jobs=2, backend=DeviceBackend())(
             delayed(locate.on(gpus[-1].id))(i) for i in range(4))
+
+
+def test_a_gpu_lost_mid_run_hands_its_unfinished_calls_over_each_run_once(gpus):
+    import collections
+
+    if not gpus[0].simulated:
+        pytest.skip("fault injection is a simulated GPU's")
+    executed = []
+
+    @devicejoblib.kernel(portable=True)
+    def record(i):
+        executed.append(i)
+        return i, devicejoblib.current_device().id
+
+    with devicejoblib.simulate_gpus(2, lose_after={1: 3}):
+        backend = DeviceBackend(cpu_backend="threading")
+        out = Parallel(n_jobs=2, backend=backend, batch_size=4)(
+            delayed(record)(i) for i in range(80))
+        report = backend.report()
+    assert [i for i, _ in out] == list(range(80))
+    assert collections.Counter(executed) == collections.Counter(range(80))  # once each
+    assert sum(device == "cuda:1" for _, device in out) <= 3
+    assert "lost after 3 launches" in report["cuda:1"]["lost"]
+
+
+def test_with_every_gpu_lost_calls_go_where_placement_allows_else_fail(gpus):
+    if not gpus[0].simulated:
+        pytest.skip("fault injection is a simulated GPU's")
+    with devicejoblib.simulate_gpus(2, lose_after={0: 2, 1: 2}):
+        out = Parallel(n_jobs=2, backend=DeviceBackend(cpu_backend="threading"),
+                       batch_size=2)(delayed(locate)(i) for i in range(30))
+        assert [tag for tag, *_ in out] == list(range(30))
+        assert out[-1][1] == "cpu"  # the CPU implementation took over
+        with pytest.raises(devicejoblib.BrokenDeviceError, match="no device left"):
+            Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"), batch_size=2)(
+                delayed(locate)(i) for i in range(30))

@@ -160,3 +160,12 @@ def test_simulate_unless_real(no_gpu, n, expected):
     with simulate_gpus.unless_real(n) as simulation:
         assert simulation.n == expected
         assert sum(d.simulated for d in devices()) == expected
+
+
+def test_simulated_loss_setting(monkeypatch):
+    monkeypatch.setenv("DEVICEJOBLIB_SIMULATE_GPUS", "2")
+    monkeypatch.setenv("DEVICEJOBLIB_SIMULATED_LOSS", "1:5")
+    assert [d.lose_after for d in devices()] == [None, None, 5]
+    monkeypatch.setenv("DEVICEJOBLIB_SIMULATED_LOSS", "2:5")
+    with pytest.raises(ValueError, match=r"Invalid DEVICEJOBLIB_SIMULATED_LOSS='2:5'.*0 to 1"):
+        devices()

@@ -279,27 +279,29 @@ class DeviceBackend(ParallelBackendBase):
                 bind_thread(previous)
         return to_host(result, device, self.keep_on_device)
 
-    def _resubmit(self, batch, future, on_done):
-        """Route ``batch`` again and complete ``future`` (already running) with it."""
-        groups = self.router.split(batch.items)
+    def _resubmit(self, batch, future, on_done, done):
+        """Route the calls of ``batch`` after the ``done`` ones again and complete
+        ``future`` (already running) with all the results."""
+        items = batch.items[len(done):]
+        groups = self.router.split(items)
 
         def forward(joined):
             try:
-                future.set_result(joined.result())
+                future.set_result(done + joined.result())
             except BaseException as exc:
                 future.set_exception(exc)
             if on_done is not None:
                 on_done(future)
 
-        joined = JoinedBatch(len(batch.items), len(groups), forward)
+        joined = JoinedBatch(len(items), len(groups), forward)
         for target, positions in groups.items():
-            positions = range(len(batch.items)) if positions is None else positions
-            done = functools.partial(joined.part_done, positions)
+            positions = range(len(items)) if positions is None else positions
+            part_done = functools.partial(joined.part_done, positions)
             try:
-                self._submit_part(target, sub_batch(batch, [batch.items[i] for i in positions]),
-                                  done)
+                self._submit_part(target, sub_batch(batch, [items[i] for i in positions]),
+                                  part_done)
             except BaseException as exc:
-                self._failed(exc, done)
+                self._failed(exc, part_done)
 
     def _limit_host_threads(self):
         """For the coming call, limit native thread pools while GPU workers compute on
@@ -398,15 +400,16 @@ def _refuse_misspelt(backend_kwargs):
                             f"{', '.join(_OWN_PARAMETERS)}")
 
 
-def _rescue(backend_ref, device_id, error, task, future, on_done):
-    """A task whose device is lost: routed again over the devices left (none of its calls
-    ran), its results handed to its future; the error when no device is left."""
+def _rescue(backend_ref, device_id, error, task, future, on_done, done=()):
+    """A task whose device is lost: its calls that did not complete (``done`` holds the
+    results of those that did) routed again over the devices left, its results handed to
+    its future; the error when no device is left."""
     backend = backend_ref()
     try:
         if backend is None:
             raise error
         backend.router.lose(device_id, error)
-        backend._resubmit(task.batch, future, on_done)
+        backend._resubmit(task.batch, future, on_done, list(done))
     except BaseException as exc:
         future.set_exception(exc)
         if on_done is not None:

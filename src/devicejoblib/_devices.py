@@ -23,6 +23,7 @@ from ._utils import format_bytes, is_whole, parse_bytes, warn_once
 SIMULATE_GPUS_ENV = "DEVICEJOBLIB_SIMULATE_GPUS"
 SIMULATED_MEMORY_ENV = "DEVICEJOBLIB_SIMULATED_MEMORY"
 SIMULATED_LATENCY_ENV = "DEVICEJOBLIB_SIMULATED_LAUNCH_LATENCY"
+SIMULATED_LOSS_ENV = "DEVICEJOBLIB_SIMULATED_LOSS"
 DEFAULT_SIMULATED_MEMORY = 16 * 2**30
 MAX_SIMULATED_GPUS = 64
 
@@ -55,6 +56,9 @@ class Device:
     launch_latency : float
         Seconds a simulated GPU waits per launch (a call, or a fused group of calls),
         standing for a real GPU's launch and synchronisation cost; 0 for real devices.
+    lose_after : int or None
+        Fault injection, simulated GPUs only: each worker thread of this GPU finds it
+        lost from its launch number ``lose_after + 1`` on (``DEVICEJOBLIB_SIMULATED_LOSS``).
     """
 
     platform: Platform
@@ -66,6 +70,7 @@ class Device:
     compute_capability: tuple[int, int] | None = None
     cores: int | None = None
     launch_latency: float = 0.0
+    lose_after: int | None = None
 
     def __post_init__(self):
         if isinstance(self.platform, str):
@@ -145,6 +150,10 @@ class simulate_gpus:
         Seconds each launch waits (default 0, or
         ``DEVICEJOBLIB_SIMULATED_LAUNCH_LATENCY``), so that batching decisions can be
         seen on a CPU.
+    lose_after : dict of int to int, optional
+        Fault injection: GPU index -> launches after which each of its worker threads
+        finds the device lost (default none, or ``DEVICEJOBLIB_SIMULATED_LOSS``, written
+        ``"1:5,0:100"``).
 
     Examples
     --------
@@ -155,14 +164,16 @@ class simulate_gpus:
 
     _active = None  # (n, memory, latency) of the innermost call, or None: the environment
 
-    def __init__(self, n, memory=None, launch_latency=None):
+    def __init__(self, n, memory=None, launch_latency=None, lose_after=None):
         n = _check_gpu_count(n, "simulate_gpus(n)")
         memory = _simulated_memory() if memory is None else _check_memory(memory, "memory")
         latency = (_simulated_latency() if launch_latency is None
                    else _check_latency(launch_latency, "launch_latency"))
+        loss = (_simulated_loss(n) if lose_after is None
+                else _check_loss(lose_after, n, "lose_after"))
         self.n = n
         self._previous = simulate_gpus._active
-        simulate_gpus._active = (n, memory, latency)
+        simulate_gpus._active = (n, memory, latency, loss)
 
     @classmethod
     def unless_real(cls, n=None, default=2):
@@ -179,7 +190,7 @@ class simulate_gpus:
         simulate_gpus._active = self._previous
 
 
-_NO_SIMULATION = (0, 0, 0.0)
+_NO_SIMULATION = (0, 0, 0.0, ())
 _cache: dict[tuple, Discovery] = {}
 _cache_lock = threading.Lock()
 
@@ -330,13 +341,14 @@ def _machine_has(available):
 
 # --- discovery ---------------------------------------------------------------------
 
-def _discover(n_simulated, simulated_memory, latency):
+def _discover(n_simulated, simulated_memory, latency, loss):
     cpu = cpu_device()
     if n_simulated:
         simulated = []
         for platform in (p for p in _platforms.platforms() if p.simulated):
             found, _ = platform.probe(count=n_simulated, memory=simulated_memory,
-                                      latency=latency, multiprocessors=cpu.cores)
+                                      latency=latency, multiprocessors=cpu.cores,
+                                      lose_after=dict(loss))
             simulated.extend(Device(platform, **props) for props in found)
         note = (f"{n_simulated} simulated GPU(s) of {format_bytes(simulated_memory)} each "
                 f"({SIMULATE_GPUS_ENV} or simulate_gpus()); real GPUs are not probed")
@@ -394,7 +406,9 @@ def _simulation():
         return simulate_gpus._active if simulate_gpus._active[0] else _NO_SIMULATION
     raw = os.environ.get(SIMULATE_GPUS_ENV, "").strip()
     n = _check_gpu_count(raw, SIMULATE_GPUS_ENV) if raw else 0
-    return (n, _simulated_memory(), _simulated_latency()) if n else _NO_SIMULATION
+    if not n:
+        return _NO_SIMULATION
+    return n, _simulated_memory(), _simulated_latency(), _simulated_loss(n)
 
 
 def _check_gpu_count(value, name):
@@ -427,6 +441,28 @@ def _simulated_latency():
 def _simulated_memory():
     raw = os.environ.get(SIMULATED_MEMORY_ENV)
     return _check_memory(raw, SIMULATED_MEMORY_ENV) if raw else DEFAULT_SIMULATED_MEMORY
+
+
+def _simulated_loss(n):
+    raw = os.environ.get(SIMULATED_LOSS_ENV, "").strip()
+    if not raw:
+        return ()
+    try:
+        pairs = dict(tuple(int(x) for x in part.split(":")) for part in raw.split(","))
+    except ValueError:
+        pairs = None
+    return _check_loss(pairs, n, SIMULATED_LOSS_ENV, raw)
+
+
+def _check_loss(lose_after, n, name, shown=None):
+    """``{GPU index: launches}`` as sorted pairs, each index a simulated GPU's."""
+    pairs = lose_after.items() if isinstance(lose_after, dict) else None
+    if pairs is None or not all(is_whole(i) and 0 <= i < n and is_whole(k) and k >= 0
+                                for i, k in pairs):
+        raise ValueError(f"Invalid {name}={lose_after if shown is None else shown!r}: "
+                         f"expected GPU index -> launches before it is lost, such as "
+                         f"{{1: 5}} ('1:5'), indices from 0 to {n - 1}")
+    return tuple(sorted((int(i), int(k)) for i, k in pairs))
 
 
 MIN_SIMULATED_MEMORY, MAX_SIMULATED_MEMORY = 2**10, 2**50

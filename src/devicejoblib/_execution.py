@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import Future
 
 from ._devices import cpu_device
-from ._fusion import Failure, has_batched_form, run_calls
+from ._fusion import Failure, Lost, has_batched_form, run_calls
 from ._joblib_adapters import applied_config, nested_config, nested_config_key
 
 
@@ -36,22 +36,24 @@ def execute_gpu(device, keep_on_device, sizer, tasks, should_stop=None):
     with applied_config(tasks[0].nested):
         ran = run_calls(calls, device, keep_on_device, sizer.size,
                         on_out_of_memory=sizer.out_of_memory, should_stop=should_stop)
+    lost = device.platform.is_device_lost
     if len(tasks) == 1:
-        ran.results = [_first_failure(ran.results)]
+        ran.results = [_first_failure(ran.results, lost)]
         return ran
     per_task, start = [], 0
     for task in tasks:
-        per_task.append(_first_failure(ran.results[start:start + task.n_calls]))
+        per_task.append(_first_failure(ran.results[start:start + task.n_calls], lost))
         start += task.n_calls
     ran.results = per_task
     return ran
 
 
-def _first_failure(results):
-    """``results``, or the :class:`Failure` of the first call that failed."""
-    for result in results:
+def _first_failure(results, lost):
+    """``results``, or the :class:`Failure` of the first call that failed (a
+    :class:`Lost` with the results before it when the device was lost)."""
+    for position, result in enumerate(results):
         if type(result) is Failure:
-            return result
+            return Lost(result.error, results[:position]) if lost(result.error) else result
     return results
 
 

@@ -25,6 +25,17 @@ class Failure:
         self.error = error
 
 
+class Lost(Failure):
+    """A task cut short because its device was lost: ``done`` holds the results of its
+    calls that completed before (they must not run again)."""
+
+    __slots__ = ("done",)
+
+    def __init__(self, error, done):
+        super().__init__(error)
+        self.done = done
+
+
 @dataclass
 class Ran:
     """What running a list of calls gave: one result (or :class:`Failure`) per call, the
@@ -205,6 +216,8 @@ def _run_fused(kernel, form, arguments, device, keep_on_device, ran):
         ran.record_launch(len(arguments), elapsed(), moved)
         return rows
     except Exception as exc:
+        if platform.is_device_lost(exc):
+            return None  # run unfused: the first call fails with it, in its own slot
         if not platform.is_out_of_memory(exc):
             warn_user(f"the batched form of {form.function.__qualname__} raised "
                       f"{type(exc).__name__}: {exc}; its {len(arguments)} calls ran "

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 
 from ._context import bind_thread
 from ._errors import BrokenDeviceError, with_worker_traceback
-from ._fusion import Failure
+from ._fusion import Failure, Lost
 
 _STOP = object()
 
@@ -89,9 +89,10 @@ class GPUWorker(_QueueThread):
         Workers of the same platform, itself included, that may compute at once (on
         the host, for simulated GPUs: each thread's native pools get its share).
     rescue : callable, optional
-        ``rescue(error, task, future, on_done)`` takes over a task this worker cannot
-        run (its device is lost: ``error`` is the BrokenDeviceError) and completes its
-        future; without it such tasks fail with that error.
+        ``rescue(error, task, future, on_done, done)`` takes over a task this worker
+        cannot finish (its device is lost: ``error`` is the BrokenDeviceError; ``done``
+        the results of its calls that completed) and completes its future; without it
+        such tasks fail with their error.
     """
 
     def __init__(self, device, execute, sizer, siblings=1, rescue=None):
@@ -170,8 +171,10 @@ class GPUWorker(_QueueThread):
         if not group:
             return
         n_calls = sum(task.n_calls for task, _, _ in group)
-        if broken is not None and self._rescue is not None:
-            self._hand_over(group, n_calls, broken)
+        if broken is not None and self.lost is None:
+            self.lost = self._broken(broken, "binding it to the device failed")
+        if self.lost is not None and self._rescue is not None:
+            self._hand_over(group, n_calls)
             return
         self.busy = True
         try:
@@ -181,17 +184,20 @@ class GPUWorker(_QueueThread):
         with self._lock:
             self.pending_calls -= n_calls
             self.busy = False
-        for (_, future, on_done), result in zip(group, results):
-            if type(result) is Failure:
+        for (task, future, on_done), result in zip(group, results):
+            if type(result) is Lost and self._rescue is not None:
+                self.lost = self.lost or self._broken(result.error, "its device was lost")
+                self._rescue(self.lost, task, future, on_done, result.done)
+                continue
+            if type(result) is Failure or type(result) is Lost:
                 future.set_exception(with_worker_traceback(result.error))
             else:
                 future.set_result(result)
             if on_done is not None:
                 on_done(future)
 
-    def _hand_over(self, group, n_calls, cause):
+    def _hand_over(self, group, n_calls):
         """The device is lost: every task of the group goes to ``rescue`` (none ran)."""
-        self.lost = self.lost or self._broken(cause)
         with self._lock:
             self.pending_calls -= n_calls
         for task, future, on_done in group:
@@ -204,7 +210,7 @@ class GPUWorker(_QueueThread):
         elapsed = self.device.platform.start_timer(self.device)
         try:
             if broken is not None:
-                raise self._broken(broken)
+                raise self._broken(broken, "binding it to the device failed")
             epoch = self._epoch
             ran = self._execute([task for task, _, _ in group],
                                 lambda: self._epoch != epoch)
@@ -223,11 +229,10 @@ class GPUWorker(_QueueThread):
             self.busy_seconds += seconds
         return results
 
-    def _broken(self, cause):
+    def _broken(self, cause, why):
         """A fresh error for each group (one instance re-raised would pile tracebacks)."""
-        error = BrokenDeviceError(
-            f"the worker thread of {self.device} cannot run calls: binding it to the "
-            f"device failed: {type(cause).__name__}: {cause}")
+        error = BrokenDeviceError(f"the worker thread of {self.device} cannot run calls: "
+                                  f"{why}: {type(cause).__name__}: {cause}")
         error.__cause__ = cause
         return error
 

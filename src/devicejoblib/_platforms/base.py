@@ -145,6 +145,11 @@ class Platform(abc.ABC):
 
     # --- memory ---------------------------------------------------------------------------
 
+    def is_device_lost(self, error):
+        """Whether ``error`` leaves the device unusable (a sticky error): its worker
+        stops, and routing sends its calls elsewhere."""
+        return False
+
     def is_out_of_memory(self, error):
         """Whether ``error`` means the device ran out of memory."""
         return isinstance(error, MemoryError)

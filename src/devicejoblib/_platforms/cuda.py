@@ -11,6 +11,11 @@ from .base import Platform
 
 _DRIVER_LIBRARIES = {"linux": "libcuda.so.1", "win32": "nvcuda.dll"}
 _OOM_CODES = ("CUDA_ERROR_OUT_OF_MEMORY", "cudaErrorMemoryAllocation")
+# errors after which the CUDA context is unusable: every later call fails too
+_STICKY_CODES = ("ILLEGAL_ADDRESS", "IllegalAddress", "LAUNCH_FAILED", "LaunchFailure",
+                 "ECC_UNCORRECTABLE", "ECCUncorrectable", "HARDWARE_STACK_ERROR",
+                 "HardwareStackError", "ILLEGAL_INSTRUCTION", "IllegalInstruction",
+                 "MISALIGNED_ADDRESS", "MisalignedAddress", "INVALID_PC", "InvalidPc")
 
 
 class CUDAPlatform(Platform):
@@ -37,6 +42,10 @@ class CUDAPlatform(Platform):
         except OSError as exc:
             return f"installed but no CUDA driver: {library} could not be loaded ({exc})"
         return None
+
+    def is_device_lost(self, error):
+        text = f"{type(error).__name__}: {error}"
+        return ("CUDA" in text or "cuda" in text) and any(c in text for c in _STICKY_CODES)
 
     def is_out_of_memory(self, error):
         # CuPy's OutOfMemoryError is a MemoryError; Numba's CudaAPIError and CuPy's

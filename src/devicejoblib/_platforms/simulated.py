@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 
 from .base import Platform
 from .host import HOST_THREADS, NUMBA_SIMULATOR_LOCK
+
+_launches = threading.local()
+
+
+class SimulatedDeviceLost(RuntimeError):
+    """An injected fault: a simulated GPU stands for one that was lost (sticky)."""
 
 
 class SimulatedGPUPlatform(Platform):
@@ -25,10 +32,17 @@ class SimulatedGPUPlatform(Platform):
     runs = "cuda"
     simulated = True
 
-    def probe(self, count=0, memory=0, latency=0.0, multiprocessors=None, **settings):
+    def probe(self, count=0, memory=0, latency=0.0, multiprocessors=None, lose_after=None,
+              **settings):
+        lose_after = lose_after or {}
         return [{"index": i, "name": "simulated GPU", "memory_total": memory,
                  "memory_free": memory, "multiprocessor_count": multiprocessors,
-                 "launch_latency": latency} for i in range(count)], {}
+                 "launch_latency": latency, "lose_after": lose_after.get(i)}
+                for i in range(count)], {}
+
+    def bind(self, device):
+        _launches.count = 0  # fault injection counts each worker thread's launches
+        return super().bind(device)
 
     def is_available(self):
         from .._devices import devices
@@ -43,8 +57,17 @@ class SimulatedGPUPlatform(Platform):
         return lambda: time.thread_time() - start + latency
 
     def simulate_launch(self, device):
+        if device.lose_after is not None:
+            _launches.count = getattr(_launches, "count", 0) + 1
+            if _launches.count > device.lose_after:
+                raise SimulatedDeviceLost(
+                    f"{device} was lost after {device.lose_after} launches (fault "
+                    "injected by DEVICEJOBLIB_SIMULATED_LOSS or simulate_gpus(lose_after=))")
         if device.launch_latency:
             time.sleep(device.launch_latency)  # like a real launch and sync: GIL released
+
+    def is_device_lost(self, error):
+        return isinstance(error, SimulatedDeviceLost)
 
     def thread_limits(self, n_threads):
         return HOST_THREADS.hold(n_threads)
