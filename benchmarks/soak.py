@@ -3,13 +3,17 @@ routes, with faults — calls that raise, calls that outlive a timeout — and a
 threads and memory stay flat and that no result is lost, duplicated or reordered.
 
     python benchmarks/soak.py [--rounds 1000] [--calls 1000] [--simulate-gpus 2]
+                              [--lose-gpu-after LAUNCHES]
 
 Every tenth round one call raises, every fiftieth a call outlives its round's timeout;
-the other rounds must return exactly their inputs' results, in order. Prints threads and
+the other rounds must return exactly their inputs' results, in order. With
+``--lose-gpu-after``, the last simulated GPU is lost after that many launches of its
+worker (fault injection): its unfinished calls must run elsewhere, once. Prints threads and
 resident memory (RSS) at the start, every tenth of the run and at the end.
 """
 
 import argparse
+import contextlib
 import gc
 import os
 import threading
@@ -90,10 +94,16 @@ def main():
     parser.add_argument("--rounds", type=int, default=1000)
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--simulate-gpus", type=int, default=None)
+    parser.add_argument("--lose-gpu-after", type=int, default=None)
     args = parser.parse_args()
     every = max(args.rounds // 10, 1)
     outcomes = {"ok": [0, 0], "error": [0, 0], "timeout": [0, 0]}
-    with devicejoblib.simulate_gpus.unless_real(args.simulate_gpus):
+    with contextlib.ExitStack() as stack:
+        simulation = stack.enter_context(
+            devicejoblib.simulate_gpus.unless_real(args.simulate_gpus))
+        if args.lose_gpu_after is not None and simulation.n:
+            stack.enter_context(devicejoblib.simulate_gpus(
+                simulation.n, lose_after={simulation.n - 1: args.lose_gpu_after}))
         gpus = [str(d) for d in devicejoblib.devices() if d.is_gpu]
         print(f"{args.rounds} rounds x {args.calls} calls, n_jobs=2, GPUs: "
               f"{', '.join(gpus) or 'none'}")

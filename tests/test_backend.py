@@ -633,3 +633,13 @@ def test_with_every_gpu_lost_calls_go_where_placement_allows_else_fail(gpus):
         with pytest.raises(devicejoblib.BrokenDeviceError, match="no device left"):
             Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"), batch_size=2)(
                 delayed(locate)(i) for i in range(30))
+
+
+def test_a_lost_gpu_does_not_keep_a_blocks_backend_and_threads_alive(gpus):
+    if not gpus[0].simulated:
+        pytest.skip("fault injection is a simulated GPU's")
+    with devicejoblib.simulate_gpus(2, lose_after={1: 1}):
+        with parallel_config(backend="device", placement="gpu"):
+            out = Parallel(n_jobs=2, batch_size=2)(delayed(locate)(i) for i in range(20))
+        assert [tag for tag, *_ in out] == list(range(20))
+    # no_leaks checks, after the collector ran, that no devicejoblib thread is left

@@ -230,7 +230,13 @@ class GPUWorker(_QueueThread):
         return results
 
     def _broken(self, cause, why):
-        """A fresh error for each group (one instance re-raised would pile tracebacks)."""
+        """A fresh error for each group (one instance re-raised would pile tracebacks).
+
+        The cause keeps its traceback as text only: its frames hold the failed batch,
+        and through joblib's callbacks the backend, which a worker must not keep alive.
+        """
+        with_worker_traceback(cause)
+        cause.__traceback__ = None
         error = BrokenDeviceError(f"the worker thread of {self.device} cannot run calls: "
                                   f"{why}: {type(cause).__name__}: {cause}")
         error.__cause__ = cause
