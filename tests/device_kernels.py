@@ -253,3 +253,16 @@ def nested_backend(tag):
 
     backend, n_jobs = get_active_backend()
     return type(backend).__name__, backend.nesting_level, n_jobs
+
+
+@kernel
+def too_big_for_gpu(x):
+    """A sum whose GPU implementation runs out of memory on more than 1,000 values."""
+    return float(np.sum(x))
+
+
+@too_big_for_gpu.cuda
+def _(x):
+    if x.size > 1000:
+        raise MemoryError("out of device memory (simulated)")
+    return float(x.sum())

@@ -643,3 +643,21 @@ def test_a_lost_gpu_does_not_keep_a_blocks_backend_and_threads_alive(gpus):
             out = Parallel(n_jobs=2, batch_size=2)(delayed(locate)(i) for i in range(20))
         assert [tag for tag, *_ in out] == list(range(20))
     # no_leaks checks, after the collector ran, that no devicejoblib thread is left
+
+
+def test_a_call_that_does_not_fit_alone_runs_on_the_cpu_where_placement_allows(
+        gpus, fresh_warnings):
+    from device_kernels import too_big_for_gpu
+
+    if not gpus[0].simulated:
+        pytest.skip("the kernel's out-of-memory is simulated")
+    arrays = [np.ones(10), np.ones(5000), np.ones(10)]
+    with pytest.warns(RuntimeWarning, match=r"too_big_for_gpu does not fit on cuda:\d "
+                      r"\(simulated\) even alone \(40000 bytes"):
+        out = Parallel(n_jobs=2, backend=DeviceBackend())(
+            delayed(too_big_for_gpu)(a) for a in arrays)
+    assert out == [10.0, 5000.0, 10.0]
+    with pytest.raises(MemoryError) as info:
+        Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"))(
+            delayed(too_big_for_gpu)(a) for a in arrays)
+    assert "too_big_for_gpu(array(" in " ".join(info.value.__notes__)

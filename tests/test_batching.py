@@ -122,3 +122,11 @@ def test_dispatch_sizer_doubles_below_target_halves_far_above():
     sizer.completed(32, 10 * DispatchBatchSizer.target + 1)
     assert sizer.compute(8) == 16
     assert DispatchBatchSizer(BatchPolicy(max_batch_size=10)).compute(64) == 10
+
+
+def test_a_fixed_size_that_ran_out_of_memory_is_capped():
+    policy = BatchPolicy()
+    sizer = policy.launch_sizer(gpu())
+    policy.fixed = 64
+    sizer.out_of_memory(64)
+    assert sizer.size == 32

@@ -88,7 +88,8 @@ class DeviceBackend(ParallelBackendBase):
         per_platform = collections.Counter(d.platform for d in self.router.gpus)
         for device in self.router.gpus:
             sizer = self.batching.launch_sizer(device)
-            execute = functools.partial(execute_gpu, device, self.keep_on_device, sizer)
+            execute = functools.partial(execute_gpu, device, self.keep_on_device, sizer,
+                                        cpu_fallback=self.router.cpu_allowed)
             self.workers[device.id] = GPUWorker(
                 device, execute, sizer, per_platform[device.platform],
                 rescue=functools.partial(_rescue, weakref.ref(self), device.id))

@@ -118,8 +118,8 @@ class GPUBatchSizer:
     @property
     def size(self):
         """The number of calls the next batch should hold."""
-        if self.policy.fixed is not None:
-            return self.policy.fixed
+        if self.policy.fixed is not None:  # the user's, unless it did not fit in memory
+            return min(self.policy.fixed, self._ceiling or self.policy.fixed)
         size = self._size
         for cap in (self.policy.max_batch_size, self._ceiling, self.memory_cap()):
             if cap is not None:

@@ -28,14 +28,15 @@ class GPUTask:
         self.fusable = has_batched_form(batch.items, device.platform.runs)
 
 
-def execute_gpu(device, keep_on_device, sizer, tasks, should_stop=None):
+def execute_gpu(device, keep_on_device, sizer, tasks, should_stop=None, cpu_fallback=None):
     """Run tasks on the calling GPU worker: their calls together, fused where kernels
     allow (at most the sizer's batch size per launch). A :class:`Ran` with one result
     list (or the first call's :class:`Failure`) per task."""
     calls = tasks[0].items if len(tasks) == 1 else [c for task in tasks for c in task.items]
     with applied_config(tasks[0].nested):
         ran = run_calls(calls, device, keep_on_device, sizer.size,
-                        on_out_of_memory=sizer.out_of_memory, should_stop=should_stop)
+                        on_out_of_memory=sizer.out_of_memory, should_stop=should_stop,
+                        cpu_fallback=cpu_fallback)
     lost = device.platform.is_device_lost
     if len(tasks) == 1:
         ran.results = [_first_failure(ran.results, lost)]

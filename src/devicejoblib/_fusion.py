@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._kernels import Kernel
-from ._utils import warn_user
+from ._utils import warn_once, warn_user
 
 _SCALARS = (bool, int, float, complex, np.number)
 
@@ -52,7 +52,7 @@ class Ran:
 
 
 def run_calls(calls, device, keep_on_device=False, max_fused=None, on_out_of_memory=None,
-              should_stop=None):
+              should_stop=None, cpu_fallback=None):
     """Run ``calls`` (``(function, args, kwargs)``) on ``device``, in order: a :class:`Ran`.
 
     At most ``max_fused`` calls go into one fused launch. A call that raised has a
@@ -60,11 +60,12 @@ def run_calls(calls, device, keep_on_device=False, max_fused=None, on_out_of_mem
     ``on_out_of_memory(calls)`` told its size); a single call is retried once after the
     memory pool's cached blocks are freed. Calls run one by one stop at the first that
     fails (the ``Parallel`` call raises its error: the rest carry it too, not started),
-    and when ``should_stop()`` turns true (an abort: the rest are cancelled).
+    and when ``should_stop()`` turns true (an abort: the rest are cancelled). A call
+    that does not fit alone runs on the CPU where ``cpu_fallback(function)`` allows.
     """
     runs = device.platform.runs
     if not has_batched_form(calls, runs):
-        return Ran(_run_one_by_one(calls, device, keep_on_device, should_stop))
+        return Ran(_run_one_by_one(calls, device, keep_on_device, should_stop, cpu_fallback))
     ran = Ran([None] * len(calls))
     results = ran.results
     pending = plan(calls, runs, max_fused)
@@ -86,17 +87,18 @@ def run_calls(calls, device, keep_on_device=False, max_fused=None, on_out_of_mem
                     results[position] = row
                 continue
         for position in positions:
-            results[position] = run_one(calls[position], device, keep_on_device)
+            results[position] = run_one(calls[position], device, keep_on_device,
+                                        cpu_fallback=cpu_fallback)
     return ran
 
 
-def _run_one_by_one(calls, device, keep_on_device, should_stop):
+def _run_one_by_one(calls, device, keep_on_device, should_stop, cpu_fallback=None):
     results = []
     for call in calls:
         if should_stop is not None and should_stop():
             stopped = Failure(CancelledError(f"cancelled on {device}: the call was aborted"))
             return results + [stopped] * (len(calls) - len(results))
-        result = run_one(call, device, keep_on_device)
+        result = run_one(call, device, keep_on_device, cpu_fallback=cpu_fallback)
         results.append(result)
         if type(result) is Failure:
             return results + [result] * (len(calls) - len(results))
@@ -136,20 +138,43 @@ def plan(calls, runs, max_fused=None):
             for form, positions, arguments in order]
 
 
-def run_one(call, device, keep_on_device, retry=True):
-    """One call, unfused; its result (moved to the host) or its :class:`Failure`."""
+def run_one(call, device, keep_on_device, retry=True, cpu_fallback=None):
+    """One call, unfused; its result (moved to the host) or its :class:`Failure`.
+
+    Out of memory, it is retried once after the pool's cached blocks are freed; if it
+    still does not fit and ``cpu_fallback(function)`` allows, it runs on the CPU.
+    """
     function, args, kwargs = call
     platform = device.platform
     try:
         platform.simulate_launch(device)
         return to_host(function(*args, **kwargs), device, keep_on_device)
     except Exception as exc:
-        if not (retry and platform.is_out_of_memory(exc)):
+        oom = platform.is_out_of_memory(exc)
+        to_cpu = oom and not retry and cpu_fallback is not None and cpu_fallback(function)
+        if not (oom and retry) and not to_cpu:
             add_note(exc, f"raised by {describe(function, args, kwargs)} on {device}")
             return Failure(exc)
         error = exc
     _forget(error, device)
-    return run_one(call, device, keep_on_device, retry=False)
+    if to_cpu:
+        return _run_on_cpu(call, device)
+    return run_one(call, device, keep_on_device, retry=False, cpu_fallback=cpu_fallback)
+
+
+def _run_on_cpu(call, device):
+    """A kernel call too big for ``device``, run by its CPU implementation instead."""
+    function, args, kwargs = call
+    size = sum(getattr(v, "nbytes", 0) for v in (*args, *kwargs.values()))
+    warn_once(f"{function.__qualname__} does not fit on {device} even alone ({size} bytes "
+              "of arguments): such calls run on the CPU", RuntimeWarning,
+              key=(function.__qualname__, device.id))
+    try:
+        return function.run_on(None, args, kwargs)
+    except Exception as exc:
+        add_note(exc, f"raised by {describe(function, args, kwargs)} on the CPU, after "
+                      f"it did not fit on {device}")
+        return Failure(exc)
 
 
 _OUT_OF_MEMORY = object()

@@ -103,6 +103,15 @@ class Router:
                 "the calls on one of those")
         return inside
 
+    def cpu_allowed(self, function):
+        """Whether a call of ``function`` may run on the CPU: a kernel with a CPU
+        implementation whose placement allows the CPU (a fallback, e.g. out of memory)."""
+        if type(function) is not Kernel or not function.has_cpu or self.cpu is None:
+            return False
+        placement = function.placement
+        allowed = self.allowed(placement) if placement is not None else self.default_allowed
+        return allowed is None or self.cpu in allowed
+
     def split(self, items):
         """Positions of a batch's calls per target: a GPU id, or a CPU route.
 
