@@ -31,7 +31,7 @@ from ._joblib_adapters import (
 from ._kernels import ResidentHold
 from ._platforms import HOST
 from ._routing import CPU_PROCESSES, CPU_THREADS, Router
-from ._utils import check_flag, is_whole
+from ._utils import check_flag, check_n_jobs
 from ._workers import CallbackThread, GPUWorker
 
 CPU_BACKENDS = ("loky", "threading")
@@ -73,9 +73,7 @@ class DeviceBackend(ParallelBackendBase):
         if cpu_backend not in CPU_BACKENDS:
             raise ValueError(f"Invalid cpu_backend={cpu_backend!r}: expected one of "
                              f"{', '.join(map(repr, CPU_BACKENDS))}")
-        if n_cpu_jobs is not None and (not is_whole(n_cpu_jobs) or n_cpu_jobs == 0):
-            raise ValueError(f"Invalid n_cpu_jobs={n_cpu_jobs!r}: expected a non-zero "
-                             "integer (-1 for all CPUs) or None")
+        check_n_jobs("n_cpu_jobs", n_cpu_jobs)
         _refuse_misspelt(backend_kwargs)
         self.cpu_backend = cpu_backend
         self.n_cpu_jobs = n_cpu_jobs
@@ -85,13 +83,14 @@ class DeviceBackend(ParallelBackendBase):
         # the load reads the workers, not the backend: no cycle may delay its finalizer
         self.router = Router(parse_devices(devices), placement,
                              load=lambda device_id: workers[device_id].pending_calls)
-        per_platform = collections.Counter(d.platform for d in self.router.gpus)
+        # GPU workers per platform: the ones that compute on the host share its cores
+        self._per_platform = collections.Counter(d.platform for d in self.router.gpus)
         for device in self.router.gpus:
             sizer = self.batching.launch_sizer(device)
             execute = functools.partial(execute_gpu, device, self.keep_on_device, sizer,
                                         cpu_fallback=self.router.cpu_allowed)
             self.workers[device.id] = GPUWorker(
-                device, execute, sizer, per_platform[device.platform],
+                device, execute, sizer, self._per_platform[device.platform],
                 rescue=functools.partial(_rescue, weakref.ref(self), device.id))
         self._host_limits = contextlib.ExitStack()
         self._cpu = {}  # CPU route -> (submit, shutdown, abort)
@@ -121,7 +120,7 @@ class DeviceBackend(ParallelBackendBase):
         # many in flight. max(), not the sum, keeps CPU batches as loky's would be (the
         # sum cost 10% per CPU call, bench_dispatch.py); with a GPU never 1 (joblib would
         # bypass the backend) unless the call asks for one job: it then runs in the
-        # caller, kernels routed by _CallerRoute.
+        # caller, the kernels it calls routed by run_in_caller.
         cpu = self._cpu_n_jobs(n_jobs)
         if not self.workers or self._in_caller(n_jobs):
             return cpu
@@ -170,13 +169,7 @@ class DeviceBackend(ParallelBackendBase):
             except BaseException as exc:
                 return self._failed(exc, callback)
         joined = JoinedBatch(len(func.items), len(groups), callback)
-        for target, positions in groups.items():
-            done = functools.partial(joined.part_done, positions)
-            try:
-                self._submit_part(target, sub_batch(func, [func.items[i] for i in positions]),
-                                  done)
-            except BaseException as exc:
-                self._failed(exc, done)
+        self._submit_parts(func, func.items, groups, joined)
         return joined
 
     def retrieve_result_callback(self, out):
@@ -294,7 +287,11 @@ class DeviceBackend(ParallelBackendBase):
             if on_done is not None:
                 on_done(future)
 
-        joined = JoinedBatch(len(items), len(groups), forward)
+        self._submit_parts(batch, items, groups, JoinedBatch(len(items), len(groups), forward))
+
+    def _submit_parts(self, batch, items, groups, joined):
+        """Submit the calls ``items`` of ``batch`` in the parts ``groups`` (target ->
+        positions, None: all) routing made, each part reporting to ``joined``."""
         for target, positions in groups.items():
             positions = range(len(items)) if positions is None else positions
             part_done = functools.partial(joined.part_done, positions)
@@ -308,8 +305,7 @@ class DeviceBackend(ParallelBackendBase):
         """For the coming call, limit native thread pools while GPU workers compute on
         the host (simulated GPUs): each gets its share of the cores."""
         self._host_limits.close()
-        per_platform = collections.Counter(w.device.platform for w in self.workers.values())
-        for platform, n_workers in per_platform.items():
+        for platform, n_workers in self._per_platform.items():
             self._host_limits.enter_context(platform.thread_limits(n_workers))
 
     def _failed(self, error, callback):

@@ -17,15 +17,18 @@ class GPUTask:
     batched form for the GPU) with the same ``config`` (joblib's nested backend) may
     run together."""
 
-    __slots__ = ("batch", "config", "fusable", "items", "n_calls", "nested")
+    __slots__ = ("batch", "config", "fusable", "n_calls", "nested")
 
     def __init__(self, batch, device):
-        self.batch = batch  # to route it elsewhere if the device is lost
-        self.items = batch.items
+        self.batch = batch
         self.n_calls = len(batch.items)
         self.nested = nested_config(batch)
         self.config = nested_config_key(batch)
         self.fusable = has_batched_form(batch.items, device.platform.runs)
+
+    @property
+    def items(self):
+        return self.batch.items
 
 
 def execute_gpu(device, keep_on_device, sizer, tasks, should_stop=None, cpu_fallback=None):
@@ -38,9 +41,6 @@ def execute_gpu(device, keep_on_device, sizer, tasks, should_stop=None, cpu_fall
                         on_out_of_memory=sizer.out_of_memory, should_stop=should_stop,
                         cpu_fallback=cpu_fallback)
     lost = device.platform.is_device_lost
-    if len(tasks) == 1:
-        ran.results = [_first_failure(ran.results, lost)]
-        return ran
     per_task, start = [], 0
     for task in tasks:
         per_task.append(_first_failure(ran.results[start:start + task.n_calls], lost))

@@ -17,7 +17,7 @@ import time
 from math import floor, log10, sqrt
 
 from ._errors import JoblibMissingWarning
-from ._utils import is_whole, warn_once
+from ._utils import check_n_jobs, is_whole, warn_once
 
 _BACKENDS = ("loky", "threading", "multiprocessing", "sequential", "device")
 _RETURN_AS = ("list", "generator", "generator_unordered")
@@ -74,8 +74,7 @@ class parallel_config:
             _check_backend(backend)
         _check_choice("prefer", prefer, _PREFER)
         _check_choice("require", require, _REQUIRE)
-        if n_jobs is not None:
-            _check_n_jobs(n_jobs)
+        check_n_jobs("n_jobs", n_jobs)
         new = dict(_current_config())
         given = {"backend": backend, "n_jobs": n_jobs, "verbose": verbose,
                  "prefer": prefer, "require": require}
@@ -106,7 +105,7 @@ class Parallel:
         _warn_missing_joblib()
         config = _current_config()
         self.n_jobs = config.get("n_jobs", 1) if n_jobs is None else n_jobs
-        _check_n_jobs(self.n_jobs)
+        check_n_jobs("n_jobs", self.n_jobs)
         if backend is not None:
             _check_backend(backend)
         _check_choice("return_as", return_as, _RETURN_AS)
@@ -202,12 +201,6 @@ def _check_choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"Invalid {name}={value!r}: expected one of "
                          f"{', '.join(map(repr, allowed))}")
-
-
-def _check_n_jobs(n_jobs):
-    if not is_whole(n_jobs) or n_jobs == 0:
-        raise ValueError(f"Invalid n_jobs={n_jobs!r}: expected a non-zero integer "
-                         "(-1 for all CPUs) or None")
 
 
 def _check_backend(backend):

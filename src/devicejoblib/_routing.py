@@ -108,9 +108,14 @@ class Router:
         implementation whose placement allows the CPU (a fallback, e.g. out of memory)."""
         if type(function) is not Kernel or not function.has_cpu or self.cpu is None:
             return False
-        placement = function.placement
-        allowed = self.allowed(placement) if placement is not None else self.default_allowed
+        allowed = self._allowed_for(function)
         return allowed is None or self.cpu in allowed
+
+    def _allowed_for(self, function):
+        """The devices a call of ``function`` may use: its pin, else the backend's
+        placement; None: any."""
+        placement = function.placement if type(function) is Kernel else None
+        return self.allowed(placement) if placement is not None else self.default_allowed
 
     def split(self, items):
         """Positions of a batch's calls per target: a GPU id, or a CPU route.
@@ -147,8 +152,7 @@ class Router:
     def route(self, function, args, kwargs):
         """The device for one call of ``function(*args, **kwargs)``."""
         is_kernel = type(function) is Kernel
-        placement = function.placement if is_kernel else None
-        allowed = self.allowed(placement) if placement is not None else self.default_allowed
+        allowed = self._allowed_for(function)
         if self.gpus and (args or kwargs):
             for value in (*args, *kwargs.values()):
                 device = self._by_id.get(home_of(value))

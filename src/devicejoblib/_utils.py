@@ -55,6 +55,15 @@ def check_callable(name, value, expected="a function"):
     raise TypeError(f"Invalid {name} {value!r}: expected {expected}")
 
 
+def check_n_jobs(name, value):
+    """``value`` when it is None or a non-zero integer (joblib's ``n_jobs``: -1 for all
+    CPUs); otherwise a ValueError naming ``name``."""
+    if value is None or (is_whole(value) and value != 0):
+        return value
+    raise ValueError(f"Invalid {name}={value!r}: expected a non-zero integer "
+                     "(-1 for all CPUs) or None")
+
+
 def parse_bytes(value, name="size"):
     """Bytes from an int or a string such as ``"512M"``, ``"16GiB"`` or ``"2GB"``.
 

@@ -70,7 +70,26 @@ HOST_THREADS = HostThreadLimits()
 NUMBA_SIMULATOR_LOCK = threading.Lock()
 
 
-class HostPlatform(Platform):
+class HostComputePlatform(Platform):
+    """A platform whose devices compute on the host CPU: threads of this process share
+    its cores (threadpoolctl limits), and Numba CUDA kernels can only run under Numba's
+    CUDA simulator, one launch at a time."""
+
+    def thread_limits(self, n_threads):
+        return HOST_THREADS.hold(n_threads)
+
+    def limit_thread(self, n_threads):
+        HOST_THREADS.limit_this_thread(n_threads)
+
+    def runs_numba_cuda(self):
+        return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+    def numba_launch_lock(self):
+        # Numba's CUDA simulator has one device and cannot run two kernels at once
+        return NUMBA_SIMULATOR_LOCK
+
+
+class HostPlatform(HostComputePlatform):
     """The CPU of this machine: one device, ``"cpu"``, running kernels' CPU
     implementations in loky worker processes or threads."""
 
@@ -86,19 +105,6 @@ class HostPlatform(Platform):
         return [{"name": _cpu_model(), "cores": cpu_count(),
                  "memory_total": _sysconf("SC_PHYS_PAGES") * page or None,
                  "memory_free": _sysconf("SC_AVPHYS_PAGES") * page or None}], {}
-
-    def thread_limits(self, n_threads):
-        return HOST_THREADS.hold(n_threads)
-
-    def limit_thread(self, n_threads):
-        HOST_THREADS.limit_this_thread(n_threads)
-
-    def runs_numba_cuda(self):
-        return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-
-    def numba_launch_lock(self):
-        # Numba's CUDA simulator has one device and cannot run two kernels at once
-        return NUMBA_SIMULATOR_LOCK
 
 
 def _sysconf(name):

@@ -4,12 +4,10 @@ NumPy, one worker thread each, so that everything above the devices runs on a CP
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
 
-from .base import Platform
-from .host import HOST_THREADS, NUMBA_SIMULATOR_LOCK
+from .host import HostComputePlatform
 
 _launches = threading.local()
 
@@ -18,7 +16,7 @@ class SimulatedDeviceLost(RuntimeError):
     """An injected fault: a simulated GPU stands for one that was lost (sticky)."""
 
 
-class SimulatedGPUPlatform(Platform):
+class SimulatedGPUPlatform(HostComputePlatform):
     """GPUs made on request (``DEVICEJOBLIB_SIMULATE_GPUS``), never discovered.
 
     A launch is timed by the worker thread's CPU time (the other simulated GPUs' turns at
@@ -69,12 +67,6 @@ class SimulatedGPUPlatform(Platform):
     def is_device_lost(self, error):
         return isinstance(error, SimulatedDeviceLost)
 
-    def thread_limits(self, n_threads):
-        return HOST_THREADS.hold(n_threads)
-
-    def limit_thread(self, n_threads):
-        HOST_THREADS.limit_this_thread(n_threads)
-
     def to_host(self, result, device, keep_on_device=False):
         arrays = _arrays()
         if not isinstance(result, arrays.np.ndarray):
@@ -90,11 +82,6 @@ class SimulatedGPUPlatform(Platform):
     def home_of(self, value):
         return value.device_id
 
-    def runs_numba_cuda(self):
-        return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-
-    def numba_launch_lock(self):
-        return NUMBA_SIMULATOR_LOCK
 
 
 @functools.cache
