@@ -661,3 +661,33 @@ def test_a_call_that_does_not_fit_alone_runs_on_the_cpu_where_placement_allows(
         Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"))(
             delayed(too_big_for_gpu)(a) for a in arrays)
     assert "too_big_for_gpu(array(" in " ".join(info.value.__notes__)
+
+
+def test_a_gpu_whose_call_outlives_a_timeout_is_busy_then_lost(gpus):
+    release = threading.Event()
+
+    def hang(i):
+        release.wait(60)
+        return i
+
+    first, second = gpus[0].id, gpus[1].id
+    try:
+        backend = DeviceBackend(placement="gpu")
+        with parallel_config(backend=backend):
+            with pytest.raises(multiprocessing.TimeoutError):
+                Parallel(n_jobs=2, timeout=0.5)([delayed(hang)(0)])  # on the first GPU
+            # while its call runs, the first GPU is busy: calls go to the other
+            out = Parallel(n_jobs=2)(delayed(locate)(i) for i in range(8))
+            assert [tag for tag, *_ in out] == list(range(8))
+            assert {device for _, device, *_ in out} == {second}
+            time.sleep(0.6)  # as long again as the timeout: the call never returns
+            pinned = locate.on(first)
+            with pytest.raises(devicejoblib.BrokenDeviceError, match=f"{first}.*never "
+                               "returned") as info:
+                Parallel(n_jobs=2)(delayed(pinned)(i) for i in range(4))
+            assert isinstance(info.value.__cause__.__cause__, TimeoutError)
+            out = Parallel(n_jobs=2)(delayed(locate)(i) for i in range(8))
+            assert {device for _, device, *_ in out} == {second}
+        assert "never returned" in backend.report()[first]["lost"]
+    finally:
+        release.set()

@@ -82,7 +82,7 @@ class DeviceBackend(ParallelBackendBase):
         self.workers = workers = {}
         # the load reads the workers, not the backend: no cycle may delay its finalizer
         self.router = Router(parse_devices(devices), placement,
-                             load=lambda device_id: workers[device_id].pending_calls)
+                             load=lambda device_id: workers[device_id].load())
         # GPU workers per platform: the ones that compute on the host share its cores
         self._per_platform = collections.Counter(d.platform for d in self.router.gpus)
         for device in self.router.gpus:
@@ -157,6 +157,7 @@ class DeviceBackend(ParallelBackendBase):
         # be lost and the batch never completed: errors become the batch's outcome.
         if self._aborted:  # a batch dispatched while the call aborts: start nothing
             return self._failed(CancelledError("the Parallel call was aborted"), callback)
+        self._check_stuck()
         try:
             groups = self.router.split(func.items)
         except BaseException as exc:
@@ -177,9 +178,11 @@ class DeviceBackend(ParallelBackendBase):
 
     def abort_everything(self, ensure_ready=True):
         self._aborted = True
+        # a call still running this long after a timeout never returns: device lost
+        patience = getattr(self.parallel, "timeout", None)
         for worker in self.workers.values():
             worker.cancel_pending()
-            worker.abandon_running()
+            worker.abandon_running(patience)
         # joblib's callback thread may still submit meanwhile: detach, then abort
         executors, self._cpu = self._cpu, {}
         for _, _, abort in executors.values():
@@ -223,6 +226,7 @@ class DeviceBackend(ParallelBackendBase):
         GPU seconds are the worker's busy time; CPU seconds are from submission to
         result (they include queueing and transfer to worker processes).
         """
+        self._check_stuck()
         out = {}
         for route, (calls, batches, seconds) in self._cpu_stats.items():
             if calls:
@@ -272,6 +276,14 @@ class DeviceBackend(ParallelBackendBase):
             finally:
                 bind_thread(previous)
         return to_host(result, device, self.keep_on_device)
+
+    def _check_stuck(self):
+        """Route no more calls to a GPU whose call outlived a timeout as long again."""
+        for device_id, worker in self.workers.items():
+            if device_id not in self.router.lost:
+                error = worker.check_stuck()
+                if error is not None:
+                    self.router.lose(device_id, error)
 
     def _resubmit(self, batch, future, on_done, done):
         """Route the calls of ``batch`` after the ``done`` ones again and complete

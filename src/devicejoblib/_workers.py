@@ -15,6 +15,8 @@ from ._errors import BrokenDeviceError, with_worker_traceback
 from ._fusion import Failure, Lost
 
 _STOP = object()
+#: Load added to a GPU whose call outlived an abort: routing prefers any other device.
+_STUCK_LOAD = 1 << 40
 
 
 class _QueueThread(abc.ABC):
@@ -59,7 +61,10 @@ class _QueueThread(abc.ABC):
                 self._stopping = [t for t in self._stopping if t is not thread]
         for thread in stopping:
             if thread is not threading.current_thread():
-                thread.join()
+                self._join(thread)
+
+    def _join(self, thread):
+        thread.join()
 
     @abc.abstractmethod
     def _run(self, items):
@@ -103,11 +108,12 @@ class GPUWorker(_QueueThread):
         self.pending_calls = 0
         self.calls = self.batches = 0
         self.busy_seconds = 0.0
-        self.busy = False  # a group is running on the thread
+        self._busy = set()  # threads running a group (an abandoned one and the current)
         self._epoch = 0  # bumped by an abort: a running group starts no more calls
         self._execute = execute
         self._rescue = rescue
         self.lost = None  # the BrokenDeviceError once the device is lost
+        self._abandoned = []  # (thread, deadline or None) of calls left running by aborts
         self._queued = {}  # future -> calls, of tasks not started: what cancel_pending() cancels
 
     def submit(self, task, on_done=None):
@@ -124,11 +130,48 @@ class GPUWorker(_QueueThread):
         self._put((task, future, on_done))
         return future
 
-    def abandon_running(self):
+    def abandon_running(self, patience=None):
         """After an abort: leave a call still running to finish on its own (its thread
-        exits then); later tasks start on a fresh thread, not behind it."""
-        if self.busy:
-            self.stop(wait=False)
+        exits then); later tasks start on a fresh thread, not behind it. Given
+        ``patience`` (the ``Parallel`` call's timeout), a call still running that many
+        seconds later never returns: :meth:`check_stuck` then marks the device lost."""
+        with self._lock:
+            thread = self._thread if self._thread in self._busy else None
+        if thread is None:
+            return
+        self.stop(wait=False)
+        deadline = None if patience is None else time.monotonic() + patience
+        self._abandoned.append((thread, deadline))
+
+    @property
+    def stuck(self):
+        """Whether a call left running by an abort still runs on the device (routing
+        counts the device as busy)."""
+        if self._abandoned:
+            self._abandoned = [(t, d) for t, d in self._abandoned if t.is_alive()]
+        return bool(self._abandoned)
+
+    def check_stuck(self):
+        """Mark the device lost if a call left running by a timeout outlived its
+        patience; the BrokenDeviceError of a lost device, else None."""
+        if self._abandoned and self.lost is None and self.stuck:
+            now = time.monotonic()
+            if any(d is not None and now > d for _, d in self._abandoned):
+                self.lost = self._broken(
+                    TimeoutError("a call left running by a Parallel call's timeout was "
+                                 "still running after as long again"),
+                    "a call never returned")
+        return self.lost
+
+    def _join(self, thread):
+        # a call abandoned by a timeout is waited for until its patience runs out only
+        deadline = next((d for t, d in self._abandoned if t is thread), None)
+        thread.join(None if deadline is None else max(deadline - time.monotonic(), 0))
+
+    def load(self):
+        """Calls pending on the device, as routing weighs them: a device whose call
+        outlived an abort counts as busier than any other."""
+        return self.pending_calls + (_STUCK_LOAD if self._abandoned and self.stuck else 0)
 
     def cancel_pending(self):
         """Cancel every task not started yet (``Future.cancel``); a running group starts
@@ -176,14 +219,15 @@ class GPUWorker(_QueueThread):
         if self.lost is not None and self._rescue is not None:
             self._hand_over(group, n_calls)
             return
-        self.busy = True
+        with self._lock:
+            self._busy.add(threading.current_thread())
         try:
             results = self._execute_group(group, n_calls, sync, broken)
         except BaseException as exc:  # whatever failed, every future is completed
             results = [Failure(exc)] * len(group)
         with self._lock:
             self.pending_calls -= n_calls
-            self.busy = False
+            self._busy.discard(threading.current_thread())
         for (task, future, on_done), result in zip(group, results):
             if type(result) is Lost and self._rescue is not None:
                 self.lost = self.lost or self._broken(result.error, "its device was lost")
