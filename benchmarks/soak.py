@@ -3,10 +3,12 @@ routes, with faults — calls that raise, calls that outlive a timeout — and a
 threads and memory stay flat and that no result is lost, duplicated or reordered.
 
     python benchmarks/soak.py [--rounds 1000] [--calls 1000] [--simulate-gpus 2]
-                              [--lose-gpu-after LAUNCHES]
+                              [--lose-gpu-after LAUNCHES] [--gpu-memory 4MiB]
 
-Every tenth round one call raises, every fiftieth a call outlives its round's timeout;
-the other rounds must return exactly their inputs' results, in order. With
+Every tenth round one call raises, every fiftieth a call outlives its round's timeout,
+every tenth (another) runs out of GPU memory: fused launches of arrays up to the simulated
+GPUs' size (``--gpu-memory``), and one call too big for a GPU even alone, which must run
+on the CPU; the other rounds must return exactly their inputs' results, in order. With
 ``--lose-gpu-after``, the last simulated GPU is lost after that many launches of its
 worker (fault injection): its unfinished calls must run elsewhere, once. Prints threads and
 resident memory (RSS) at the start, every tenth of the run and at the end.
@@ -18,8 +20,10 @@ import gc
 import os
 import threading
 import time
+import warnings
 from multiprocessing import TimeoutError
 
+import numpy as np
 from joblib import Parallel, delayed, parallel_config
 
 import devicejoblib
@@ -34,6 +38,16 @@ def square(x):
 @square.cuda
 def _(x):
     return x * x
+
+
+@kernel(portable=True)
+def doubled(x):
+    return x * 2
+
+
+@doubled.batched
+def _(x):
+    return x * 2
 
 
 class Fault(RuntimeError):
@@ -64,9 +78,9 @@ def one_round(r, calls):
     """Run one round; returns (kind, ok) where ok says the outcome was the right one."""
     inputs = range(r * calls, (r + 1) * calls)
     expected = [x * x for x in inputs]
-    if r % 50 == 49:  # a GPU call outlives the timeout: TimeoutError, then go on
+    if r % 50 == 49:  # a GPU call outlives the timeout (not twice over): TimeoutError
         try:
-            Parallel(timeout=0.2)(delayed(sleeper)(x, 0.5 if x == inputs[0] else 0)
+            Parallel(timeout=0.2)(delayed(sleeper)(x, 0.3 if x == inputs[0] else 0)
                                   for x in inputs)
         except TimeoutError:
             return "timeout", True
@@ -77,6 +91,14 @@ def one_round(r, calls):
         except Fault:
             return "error", True
         return "error", False
+    if r % 10 == 4:  # out of GPU memory: launches split, one call runs on the CPU
+        sizes = [OOM_ARRAY] * (calls // 10)
+        sizes[len(sizes) // 2] = 2 * GPU_MEMORY  # not even alone
+        arrays = [np.full(n // 8, float(x)) for n, x in zip(sizes, inputs)]
+        out = Parallel()(delayed(doubled)(a) for a in arrays)
+        ok = [o.size for o in out] == [a.size for a in arrays] and all(
+            (o == 2 * a[0]).all() for o, a in zip(out, arrays))
+        return "oom", ok
     # kernels go to the GPUs, plain functions to loky: one batch may hold both
     mixed = [delayed(square)(x) if x % 3 else delayed(faulty)(x, -1) for x in inputs]
     return_as = RETURN_AS[r % len(RETURN_AS)]
@@ -87,6 +109,8 @@ def one_round(r, calls):
 
 
 RETURN_AS = ("list", "generator", "generator_unordered")
+GPU_MEMORY = 4 * 2**20  # of each simulated GPU (--gpu-memory)
+OOM_ARRAY = 2**18  # bytes of each array of an out-of-memory round
 
 
 def main():
@@ -95,15 +119,22 @@ def main():
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--simulate-gpus", type=int, default=None)
     parser.add_argument("--lose-gpu-after", type=int, default=None)
+    parser.add_argument("--gpu-memory", default="4MiB")
     args = parser.parse_args()
     every = max(args.rounds // 10, 1)
-    outcomes = {"ok": [0, 0], "error": [0, 0], "timeout": [0, 0]}
+    outcomes = {"ok": [0, 0], "error": [0, 0], "timeout": [0, 0], "oom": [0, 0]}
     with contextlib.ExitStack() as stack:
         simulation = stack.enter_context(
             devicejoblib.simulate_gpus.unless_real(args.simulate_gpus))
-        if args.lose_gpu_after is not None and simulation.n:
+        if simulation.n:
             stack.enter_context(devicejoblib.simulate_gpus(
-                simulation.n, lose_after={simulation.n - 1: args.lose_gpu_after}))
+                simulation.n, memory=args.gpu_memory, lose_after=None
+                if args.lose_gpu_after is None else {simulation.n - 1: args.lose_gpu_after}))
+            global GPU_MEMORY
+            GPU_MEMORY = next(d for d in devicejoblib.devices() if d.is_gpu).memory_total
+        # the call too big for a GPU warns once that it runs on the CPU
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", "doubled does not fit", RuntimeWarning)
         gpus = [str(d) for d in devicejoblib.devices() if d.is_gpu]
         print(f"{args.rounds} rounds x {args.calls} calls, n_jobs=2, GPUs: "
               f"{', '.join(gpus) or 'none'}")

@@ -266,3 +266,15 @@ def _(x):
     if x.size > 1000:
         raise MemoryError("out of device memory (simulated)")
     return float(x.sum())
+
+
+@kernel(portable=True)
+def doubled(x):
+    """Twice ``x``: as many bytes out as in."""
+    return x * 2
+
+
+@doubled.batched
+def _(x):
+    LAUNCHES.append(("doubled", len(x)))
+    return x * 2

@@ -30,6 +30,7 @@ from ._errors import (
 )
 from ._kernels import Kernel, kernel
 from ._platforms import Platform, get_platform, platforms, register
+from ._platforms.simulated import SimulatedDeviceLost, SimulatedOutOfMemory
 from ._safe_import import USE_JOBLIB, Parallel, cpu_count, delayed, parallel_config
 from ._version import __version__
 
@@ -75,6 +76,8 @@ __all__ = [
     "Parallel",
     "Platform",
     "SimulatedDeviceArray",
+    "SimulatedDeviceLost",
+    "SimulatedOutOfMemory",
     "__version__",
     "array_module",
     "cpu_count",

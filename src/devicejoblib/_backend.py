@@ -268,14 +268,15 @@ class DeviceBackend(ParallelBackendBase):
         with device.platform.bound(device) as sync:
             previous = bind_thread(device)
             try:
+                device.platform.simulate_launch(device, (*args, *kwargs.values()))
                 result = kernel.run_on(device, args, kwargs)
                 sync()
+                return to_host(result, device, self.keep_on_device)
             except Exception as exc:
                 add_note(exc, f"raised by {describe(kernel, args, kwargs)} on {device}")
                 raise
             finally:
                 bind_thread(previous)
-        return to_host(result, device, self.keep_on_device)
 
     def _check_stuck(self):
         """Route no more calls to a GPU whose call outlived a timeout as long again."""

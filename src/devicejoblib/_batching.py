@@ -23,6 +23,8 @@ STEEP = 0.6
 #: Fraction of a GPU's free memory one batch's arguments and results may use.
 MEMORY_FRACTION = 0.5
 MIN_START = 8
+#: Calls whose arguments estimate the bytes per call before a launch was measured.
+ESTIMATED_FROM = 8
 #: Full batches measured at a size before deciding whether doubling paid (the best
 #: counts: one slow sample, e.g. another thread holding the GIL, must not stop growth).
 SAMPLES = 2
@@ -103,6 +105,7 @@ class GPUBatchSizer:
         self.device = device
         self.policy = policy or BatchPolicy()
         self.bytes_per_call = 0
+        self._expected_bytes = 0  # estimated from arguments until a launch is measured
         self._ceiling = None  # set by an out-of-memory error
         self._lock = threading.Lock()
         self.reset()
@@ -129,9 +132,20 @@ class GPUBatchSizer:
     def memory_cap(self):
         """Calls whose bytes fit ``MEMORY_FRACTION`` of free memory, or None if unknown."""
         free = self.device.memory_free
-        if not self.bytes_per_call or not free:
+        per_call = self.bytes_per_call or self._expected_bytes
+        if not per_call or not free:
             return None
-        return max(int(MEMORY_FRACTION * free // self.bytes_per_call), 1)
+        return max(int(MEMORY_FRACTION * free // per_call), 1)
+
+    def expect(self, calls):
+        """Before a launch was measured, estimate each call's bytes from the arrays among
+        the first ``calls``' arguments (results taken as large), so that the memory cap
+        holds from the first launch."""
+        if self.bytes_per_call:
+            return
+        for _, args, kwargs in calls[:ESTIMATED_FROM]:
+            moved = sum(getattr(v, "nbytes", 0) for v in (*args, *kwargs.values()))
+            self._expected_bytes = max(self._expected_bytes, 2 * moved)
 
     def note_bytes(self, bytes_per_call):
         """The most bytes a call moved so far (stacked arguments and results)."""

@@ -36,6 +36,7 @@ def execute_gpu(device, keep_on_device, sizer, tasks, should_stop=None, cpu_fall
     allow (at most the sizer's batch size per launch). A :class:`Ran` with one result
     list (or the first call's :class:`Failure`) per task."""
     calls = tasks[0].items if len(tasks) == 1 else [c for task in tasks for c in task.items]
+    sizer.expect(calls)
     with applied_config(tasks[0].nested):
         ran = run_calls(calls, device, keep_on_device, sizer.size,
                         on_out_of_memory=sizer.out_of_memory, should_stop=should_stop,

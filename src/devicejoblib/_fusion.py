@@ -147,7 +147,7 @@ def run_one(call, device, keep_on_device, retry=True, cpu_fallback=None):
     function, args, kwargs = call
     platform = device.platform
     try:
-        platform.simulate_launch(device)
+        platform.simulate_launch(device, (*args, *kwargs.values()))
         return to_host(function(*args, **kwargs), device, keep_on_device)
     except Exception as exc:
         oom = platform.is_out_of_memory(exc)
@@ -232,7 +232,7 @@ def _run_fused(kernel, form, arguments, device, keep_on_device, ran):
     args = (kernel.state(device), *bound.args) if form.stateful else bound.args
     try:
         elapsed = platform.start_timer(device)
-        platform.simulate_launch(device)
+        platform.simulate_launch(device, stacked.values())
         out = form.function(*args, **bound.kwargs)
         rows = _split(to_host(out, device, keep_on_device), len(arguments))
         if keep_on_device:

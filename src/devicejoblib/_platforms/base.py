@@ -105,8 +105,9 @@ class Platform(abc.ABC):
         start = time.perf_counter()
         return lambda: time.perf_counter() - start
 
-    def simulate_launch(self, device):
-        """Stand for a launch's fixed cost (simulated devices only)."""
+    def simulate_launch(self, device, arguments=()):
+        """Stand for a launch's fixed cost and its device memory, given the values it
+        moves to the device (simulated devices only)."""
 
     def thread_limits(self, n_threads):
         """Context that limits the process's native thread pools (BLAS) while

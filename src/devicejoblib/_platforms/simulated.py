@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import threading
 import time
+import weakref
 
+from .._utils import format_bytes
 from .host import HostComputePlatform
 
 _launches = threading.local()
@@ -16,12 +18,49 @@ class SimulatedDeviceLost(RuntimeError):
     """An injected fault: a simulated GPU stands for one that was lost (sticky)."""
 
 
+class SimulatedOutOfMemory(MemoryError):
+    """A simulated GPU's memory cannot hold a launch's arrays (as CuPy's
+    ``OutOfMemoryError`` on a real one)."""
+
+
+class _Memory:
+    """Bytes of the arrays kept on each simulated GPU (``keep_on_device=True``), freed
+    when the arrays are."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.held = {}  # device id -> bytes
+        self._counted = {}  # id of a counted array -> a weak reference to it
+
+    def keep(self, device_id, array):
+        """Count ``array`` (the base of a kept result) until it is collected."""
+        with self._lock:
+            counted = self._counted.get(id(array))
+            if counted is not None and counted() is array:
+                return  # a kernel returned an array already kept
+            self._counted[id(array)] = weakref.ref(array)
+            self.held[device_id] = self.held.get(device_id, 0) + array.nbytes
+        weakref.finalize(array, self._free, device_id, id(array), array.nbytes)
+
+    def _free(self, device_id, key, nbytes):
+        with self._lock:
+            self.held[device_id] -= nbytes
+            self._counted.pop(key, None)
+
+
+_memory = _Memory()
+
+
 class SimulatedGPUPlatform(HostComputePlatform):
     """GPUs made on request (``DEVICEJOBLIB_SIMULATE_GPUS``), never discovered.
 
     A launch is timed by the worker thread's CPU time (the other simulated GPUs' turns at
     the GIL do not count) plus the device's ``launch_latency``, which each launch sleeps.
     Results kept on the device come back as :class:`~devicejoblib.SimulatedDeviceArray`.
+
+    Memory is accounted as on a GPU: a launch needs its array arguments and results on
+    the device at once, next to the results kept there; past the device's
+    ``memory_total`` it raises :class:`SimulatedOutOfMemory` (a ``MemoryError``).
     """
 
     name = "simulator"
@@ -54,7 +93,10 @@ class SimulatedGPUPlatform(HostComputePlatform):
         start, latency = time.thread_time(), device.launch_latency
         return lambda: time.thread_time() - start + latency
 
-    def simulate_launch(self, device):
+    def simulate_launch(self, device, arguments=()):
+        _launches.bytes = 0  # the launch's arrays on the device, results to come
+        self._allocate(device, sum(v.nbytes for v in arguments
+                                   if hasattr(v, "nbytes") and _home(v) != device.id))
         if device.lose_after is not None:
             _launches.count = getattr(_launches, "count", 0) + 1
             if _launches.count > device.lose_after:
@@ -67,12 +109,29 @@ class SimulatedGPUPlatform(HostComputePlatform):
     def is_device_lost(self, error):
         return isinstance(error, SimulatedDeviceLost)
 
+    def _allocate(self, device, nbytes):
+        """Account for ``nbytes`` more of the current launch's arrays on ``device``."""
+        if not nbytes:
+            return
+        in_use = getattr(_launches, "bytes", 0) + _memory.held.get(device.id, 0)
+        if device.memory_total and in_use + nbytes > device.memory_total:
+            raise SimulatedOutOfMemory(
+                f"out of memory on {device}: {format_bytes(nbytes)} more with "
+                f"{format_bytes(in_use)} of {format_bytes(device.memory_total)} in use "
+                "(the size is DEVICEJOBLIB_SIMULATED_MEMORY, or simulate_gpus(memory=))")
+        _launches.bytes = getattr(_launches, "bytes", 0) + nbytes
+
     def to_host(self, result, device, keep_on_device=False):
         arrays = _arrays()
         if not isinstance(result, arrays.np.ndarray):
             return result
+        self._allocate(device, result.nbytes)
         if not keep_on_device:
             return result.view(arrays.np.ndarray)
+        base = result
+        while isinstance(base.base, arrays.np.ndarray):
+            base = base.base
+        _memory.keep(device.id, base)
         return arrays.SimulatedDeviceArray.kept(result, device.id)
 
     def array_types(self):
@@ -82,6 +141,11 @@ class SimulatedGPUPlatform(HostComputePlatform):
     def home_of(self, value):
         return value.device_id
 
+
+
+def _home(value):
+    """The simulated GPU an array was kept on, or None."""
+    return getattr(value, "device_id", None)
 
 
 @functools.cache
