@@ -278,3 +278,26 @@ def doubled(x):
 def _(x):
     LAUNCHES.append(("doubled", len(x)))
     return x * 2
+
+
+# --- for clusters: importable by Dask workers (the tests folder is on their path) ------
+
+def plain(i):
+    """(i, the process it ran in)."""
+    return i, os.getpid()
+
+
+def _slow_locate(tag):
+    time.sleep(0.02)
+    return (tag, *where())
+
+
+@kernel
+def slow_kernel(tag):
+    """``locate`` after 20 ms."""
+    return _slow_locate(tag)
+
+
+@slow_kernel.cuda
+def _(tag):
+    return _slow_locate(tag)

@@ -23,6 +23,7 @@ from ._devices import (
 )
 from ._errors import (
     BrokenDeviceError,
+    ClusterLostError,
     DeviceDiscoveryWarning,
     DeviceUnavailableError,
     InvalidDeviceError,
@@ -66,6 +67,7 @@ __all__ = [
     "SIMULATE_GPUS_ENV",
     "USE_JOBLIB",
     "BrokenDeviceError",
+    "ClusterLostError",
     "Device",
     "DeviceBackend",
     "DeviceDiscoveryWarning",

@@ -15,8 +15,10 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 from . import _context
 from ._batching import BatchPolicy
+from ._cluster import GPU_PART
 from ._context import bind_thread
 from ._devices import parse_devices
+from ._errors import DeviceUnavailableError
 from ._execution import FusedCPUBatch, GPUTask, JoinedBatch, execute_gpu, failed
 from ._fusion import add_note, describe, has_batched_form, to_host
 from ._joblib_adapters import (
@@ -31,7 +33,7 @@ from ._joblib_adapters import (
 from ._kernels import ResidentHold
 from ._platforms import HOST
 from ._routing import CPU_PROCESSES, CPU_THREADS, Router
-from ._utils import check_flag, check_n_jobs
+from ._utils import check_count, check_flag, check_n_jobs
 from ._workers import CallbackThread, GPUWorker
 
 CPU_BACKENDS = ("loky", "threading")
@@ -57,6 +59,14 @@ class DeviceBackend(ParallelBackendBase):
         Leave GPU results on their device (CuPy arrays) instead of copying them to NumPy.
     max_batch_size : int, optional
         Upper bound for automatic batch sizes, on the CPU and on each GPU.
+    client : distributed.Client or "default", optional
+        Run the calls on this Dask cluster instead ("default": the current default
+        client): each routed part of a batch is one Dask task, GPU parts on workers that
+        declare a ``GPU`` resource (see the "Scaling out" page).
+    retries : int
+        With ``client``: Dask's ``retries`` of a part whose call raised (default 0: the
+        error is the ``Parallel`` call's at once). Parts of a worker that died are run
+        again by Dask whatever this says.
     """
 
     supports_retrieve_callback = True
@@ -66,8 +76,8 @@ class DeviceBackend(ParallelBackendBase):
     default_n_jobs = 1
 
     def __init__(self, devices=None, placement=None, cpu_backend="loky", n_cpu_jobs=None,
-                 keep_on_device=False, max_batch_size=None, nesting_level=None,
-                 inner_max_num_threads=None, **backend_kwargs):
+                 keep_on_device=False, max_batch_size=None, client=None, retries=0,
+                 nesting_level=None, inner_max_num_threads=None, **backend_kwargs):
         super().__init__(nesting_level=nesting_level,
                          inner_max_num_threads=inner_max_num_threads, **backend_kwargs)
         if cpu_backend not in CPU_BACKENDS:
@@ -80,9 +90,17 @@ class DeviceBackend(ParallelBackendBase):
         self.keep_on_device = check_flag("keep_on_device", keep_on_device)
         self.batching = BatchPolicy(max_batch_size, nesting_level)
         self.workers = workers = {}
-        # the load reads the workers, not the backend: no cycle may delay its finalizer
-        self.router = Router(parse_devices(devices), placement,
-                             load=lambda device_id: workers[device_id].load())
+        self.cluster = None
+        if client is not None:
+            self.cluster = self._on_cluster(client, devices, placement, retries)
+            self.router = self.cluster.router
+        else:
+            if retries != 0:
+                raise ValueError(f"Invalid retries={retries!r} without client=: retries "
+                                 "apply to the parts a Dask cluster runs")
+            # the load reads the workers, not the backend: no cycle may delay its finalizer
+            self.router = Router(parse_devices(devices), placement,
+                                 load=lambda device_id: workers[device_id].load())
         # GPU workers per platform: the ones that compute on the host share its cores
         self._per_platform = collections.Counter(d.platform for d in self.router.gpus)
         for device in self.router.gpus:
@@ -102,7 +120,8 @@ class DeviceBackend(ParallelBackendBase):
         self._aborted = False
         self._resident = ResidentHold(set(self.workers))
         self._finalizer = weakref.finalize(
-            self, _release, [*self.workers.values(), self._callbacks], self._resident)
+            self, _release, [*self.workers.values(), self._callbacks], self._resident,
+            self.cluster and self.cluster.close)
 
     @property
     def max_batch_size(self):
@@ -115,23 +134,48 @@ class DeviceBackend(ParallelBackendBase):
 
     # --- joblib's contract -----------------------------------------------------------
 
+    def _on_cluster(self, client, devices, placement, retries):
+        from ._cluster import Cluster, resolve_client
+
+        if devices is not None:
+            raise ValueError(f"Invalid devices={devices!r} with client=: a Dask cluster's "
+                             "devices are its workers'; use placement= to choose kinds")
+        if self.keep_on_device:
+            raise ValueError("Invalid keep_on_device=True with client=: results of a Dask "
+                             "cluster come back to this process as host arrays")
+        retries = check_count("retries", retries, minimum=0)
+        # a Parallel call without n_jobs uses the cluster, as joblib's dask backend does
+        self.default_n_jobs = -1
+        self.supports_sharedmem = False  # joblib then runs sharedmem calls on threads
+        return Cluster(resolve_client(client), placement, self.batching, retries)
+
     def effective_n_jobs(self, n_jobs):
         # joblib slices the input into this many batches per round and keeps twice as
         # many in flight. max(), not the sum, keeps CPU batches as loky's would be (the
         # sum cost 10% per CPU call, bench_dispatch.py); with a GPU never 1 (joblib would
         # bypass the backend) unless the call asks for one job: it then runs in the
         # caller, the kernels it calls routed by run_in_caller.
+        if self.cluster is not None:
+            return self.cluster.n_jobs()
         cpu = self._cpu_n_jobs(n_jobs)
         if not self.workers or self._in_caller(n_jobs):
             return cpu
         return max(cpu, len(self.workers), 2)
 
     def configure(self, n_jobs=1, parallel=None, prefer=None, require=None, **kwargs):
+        given = [name for name in _OWN_PARAMETERS if name in kwargs]
+        if given:  # Parallel(backend="device", client=...) hands them over too late
+            raise TypeError(
+                f"Invalid argument {given[0]}= for Parallel(backend='device'): the device "
+                f"backend's arguments go to parallel_config(backend='device', "
+                f"{given[0]}=...) or DeviceBackend({given[0]}=...)")
         self._accepting = True
         self._resident.acquire()
         self._cpu_jobs = self._cpu_n_jobs(n_jobs)
         self.router.configure(self.cpu_backend, prefer, require)
-        if self.workers and self._in_caller(n_jobs):
+        if self.cluster is not None:
+            self.cluster.refresh()
+        elif self.workers and self._in_caller(n_jobs):
             # joblib runs the calls in this thread, one by one, and never terminates the
             # backend after: keep nothing of the call. The kernels its loop calls still
             # go where routing sends them (run_in_caller), in this thread, so that a
@@ -162,7 +206,8 @@ class DeviceBackend(ParallelBackendBase):
             groups = self.router.split(func.items)
         except BaseException as exc:
             return self._failed(exc, callback)
-        self.batching.gpu_bound = all(target in self.workers for target in groups)
+        self.batching.gpu_bound = all(target in self.workers or target == GPU_PART
+                                      for target in groups)
         if len(groups) == 1:
             (target, _), = groups.items()
             try:
@@ -178,6 +223,8 @@ class DeviceBackend(ParallelBackendBase):
 
     def abort_everything(self, ensure_ready=True):
         self._aborted = True
+        if self.cluster is not None:
+            self.cluster.abort()
         # a call still running this long after a timeout never returns: device lost
         patience = getattr(self.parallel, "timeout", None)
         for worker in self.workers.values():
@@ -219,6 +266,8 @@ class DeviceBackend(ParallelBackendBase):
         self._accepting = False
         _stop_all([*self.workers.values(), self._callbacks], wait)
         self._resident.release()
+        if self.cluster is not None:
+            self.cluster.close()
 
     def report(self):
         """Calls, batches and seconds per device since this backend was made.
@@ -238,6 +287,8 @@ class DeviceBackend(ParallelBackendBase):
             if worker.lost is not None:
                 out.setdefault(device_id, {"calls": 0, "batches": 0, "seconds": 0.0})
                 out[device_id]["lost"] = str(worker.lost)
+        if self.cluster is not None:
+            out.update(self.cluster.report())
         return out
 
     def format_report(self):
@@ -277,6 +328,17 @@ class DeviceBackend(ParallelBackendBase):
                 raise
             finally:
                 bind_thread(previous)
+
+    def run_on_a_gpu(self, batch):
+        """Run every call of a joblib ``batch`` on the least loaded GPU of this backend
+        and wait: ``(results, device id)`` (a cluster's GPU part, on its worker)."""
+        live = [w for w in self.workers.values() if w.device.id not in self.router.lost]
+        if not live:
+            why = "; ".join(map(str, self.router.lost.values())) or "this process has none"
+            raise DeviceUnavailableError(f"no GPU left to run on: {why}")
+        worker = min(live, key=GPUWorker.load)
+        results = self._submit_gpu(worker, batch, None).result()
+        return results, worker.device.id
 
     def _check_stuck(self):
         """Route no more calls to a GPU whose call outlived a timeout as long again."""
@@ -329,6 +391,8 @@ class DeviceBackend(ParallelBackendBase):
         return future
 
     def _submit_part(self, target, batch, callback):
+        if self.cluster is not None:
+            return self.cluster.submit(target, batch, callback)
         worker = self.workers.get(target)
         if worker is not None:
             return self._submit_gpu(worker, batch, callback)
@@ -396,7 +460,7 @@ class DeviceBackend(ParallelBackendBase):
 
 
 _OWN_PARAMETERS = ("devices", "placement", "cpu_backend", "n_cpu_jobs", "keep_on_device",
-                   "max_batch_size")
+                   "max_batch_size", "client", "retries")
 
 
 def _refuse_misspelt(backend_kwargs):
@@ -434,11 +498,13 @@ def _backend_calling(frame):
 _context.backend_calling = _backend_calling
 
 
-def _release(threads, resident):
+def _release(threads, resident, close_cluster=None):
     # when the backend is collected, or at exit: a call that outlived an abort is not
     # waited for (it may never return); its daemon thread ends with it
     _stop_all(threads, abandoned=False)
     resident.release()
+    if close_cluster is not None:
+        close_cluster()
 
 
 def _stop_all(workers, wait=True, abandoned=True):

@@ -47,6 +47,7 @@ class BatchPolicy:
         self.gpu_bound = False  # whether the last batch went to GPUs only
         self.launch_sizers = {}  # device id -> GPUBatchSizer
         self.dispatch = DispatchBatchSizer(self)
+        self.cluster = ClusterBatchSizer(self)
         self.cpu = cpu_auto_batching(nesting_level)
 
     def launch_sizer(self, device):
@@ -75,12 +76,22 @@ class BatchPolicy:
     def compute_batch_size(self):
         """joblib's batch size: the GPUs' while calls go to GPUs only, else joblib's
         auto policy for loky (fed with the CPU parts' durations only)."""
+        if self.gpu_bound and self.cluster.measured:
+            return self.cap(self.cluster.size)
         if self.gpu_bound and self.launch_sizers:
             return self.dispatch.compute(min(s.size for s in self.launch_sizers.values()))
         return self.cap(self.cpu.compute_batch_size())
 
     def cpu_batch_completed(self, n_calls, seconds):
         self.cpu.batch_completed(n_calls, seconds)
+
+    def cluster_part_completed(self, gpu, n_calls, round_trip, seconds):
+        """A part of ``n_calls`` ran on a Dask worker: ``seconds`` there, ``round_trip``
+        from submission to result here."""
+        if gpu:
+            self.cluster.completed(n_calls, round_trip, seconds)
+        else:  # joblib's auto batching, as with its dask backend
+            self.cpu_batch_completed(n_calls, round_trip)
 
 
 class GPUBatchSizer:
@@ -220,3 +231,37 @@ class DispatchBatchSizer:
             self.size = n_calls * 2
         elif seconds > 10 * self.target:
             self.size = max(n_calls // 2, 1)
+
+
+class ClusterBatchSizer:
+    """joblib's batch size while calls go to a Dask cluster's GPU workers.
+
+    A Dask task costs about a millisecond of scheduling and transfer (less on one
+    machine), whatever it computes: measured here as each part's round trip less the
+    time its worker spent on it (the least seen: queueing behind other parts is not a
+    cost). The size is scaled so that a part computes ``AMORTISE`` times that cost, by
+    at most 4x up or 2x down per measured part, capped by ``max_batch_size``.
+    """
+
+    AMORTISE = 20
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.size = MIN_START
+        self.overhead = None  # seconds per Dask task, the least measured
+        self.measured = False
+        self._lock = threading.Lock()
+
+    def completed(self, n_calls, round_trip, seconds):
+        """A GPU part of ``n_calls`` took ``seconds`` on its worker, ``round_trip``
+        from submission to result."""
+        with self._lock:
+            overhead = max(round_trip - seconds, 1e-6)
+            self.overhead = overhead if self.overhead is None else min(self.overhead,
+                                                                       overhead)
+            self.measured = True
+            if n_calls < self.size:
+                return  # the tail of a call: says little about the size
+            wanted = self.AMORTISE * self.overhead
+            scale = min(max(wanted / max(seconds, 1e-9), 0.5), 4.0)
+            self.size = self.policy.cap(max(int(n_calls * scale), 1))

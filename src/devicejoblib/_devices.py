@@ -288,6 +288,24 @@ def parse_devices(spec=None):
     return tuple(chosen)
 
 
+def spec_gpu_kinds(spec):
+    """Whether each device a spec names is a GPU, by kind alone, without looking at this
+    machine's devices: the set of ``True`` (a GPU) and ``False`` (the CPU) it names
+    (a cluster's placements: ``"cuda:1"`` means a GPU of some worker).
+
+    Raises
+    ------
+    InvalidDeviceError
+        The spec is malformed.
+    """
+    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    if not items:
+        raise InvalidDeviceError(f"Invalid device spec {spec!r}: the list is empty")
+    kinds = {_split_spec(item, ())[0] for item in items}
+    return frozenset(any(p.is_gpu for p in _platforms.platforms() if p.kind == kind)
+                     for kind in kinds)
+
+
 def _parse_one(item, available):
     kind, index = _split_spec(item, available)
     matches = [d for d in available if d.kind == kind and (index is None or d.index == index)]
@@ -336,6 +354,8 @@ def _default_gpu_kind(available):
 
 
 def _machine_has(available):
+    if not available:  # a spec read by kind alone
+        return "the kinds are " + ", ".join(DEVICE_KINDS)
     return "this machine has " + ", ".join(str(d) for d in available)
 
 

@@ -16,6 +16,10 @@ class BrokenDeviceError(BrokenExecutor):
     was lost); the device is named and the underlying error chained as the cause."""
 
 
+class ClusterLostError(RuntimeError):
+    """The connection to the Dask scheduler was lost while calls ran on the cluster."""
+
+
 class WorkerTraceback(Exception):
     """The traceback of an error raised on a GPU's worker thread, kept as the error's
     ``__cause__`` (joblib drops the error's own traceback; loky keeps its workers' the

@@ -1,0 +1,278 @@
+"""The device backend on a Dask cluster (``client=``): each routed part of a joblib
+batch becomes one Dask task. Routing is decided here, on the client, by kind of device
+(Dask's scheduler keeps one duration estimate per task prefix, shared by CPU and GPU
+workers): GPU parts ask for a ``GPU`` resource and run on a GPU worker as they would run
+locally (``_cluster_worker``); CPU parts run on any worker.
+
+Imports ``distributed`` only when a backend is given a client.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import uuid
+from concurrent.futures import CancelledError, Future
+
+from ._devices import spec_gpu_kinds
+from ._errors import ClusterLostError, DeviceUnavailableError, with_worker_traceback
+from ._kernels import Kernel
+from ._utils import warn_once
+
+#: The Dask resource a worker declares to say it has a GPU (``resources={"GPU": 1}``).
+GPU_RESOURCE = "GPU"
+#: Targets of a batch's parts on a cluster, as routing names them.
+GPU_PART, CPU_PART = "dask-gpu", "dask-cpu"
+#: Seconds to wait for a first worker to join before failing.
+WAIT_FOR_WORKERS = 10.0
+
+INSTALL_HINT = "pip install 'devicejoblib[dask]' (or pip install distributed)"
+
+
+def resolve_client(client):
+    """The ``distributed.Client`` a backend's ``client=`` names: a Client, or
+    ``"default"`` for the current default client (``distributed.get_client()``)."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ImportError(f"client={client!r} runs calls on a Dask cluster, which needs the "
+                          f"distributed package: {INSTALL_HINT}") from exc
+    if isinstance(client, str) and client == "default":
+        try:
+            return distributed.get_client()
+        except ValueError as exc:
+            raise ValueError("Invalid client='default': there is no default Dask client; "
+                             "make one first (distributed.Client(...)) or pass it as "
+                             "client=") from exc
+    if not isinstance(client, distributed.Client):
+        raise TypeError(f"Invalid client={client!r}: expected a distributed.Client or "
+                        "'default' (the current default client)")
+    return client
+
+
+def _workers_info(client):
+    try:
+        info = client.scheduler_info(n_workers=-1)  # newer releases list 5 by default
+    except TypeError:
+        info = client.scheduler_info()
+    return info.get("workers", {})
+
+
+class ClusterRouter:
+    """Routes calls over a cluster by kind: GPU workers (those declaring a ``GPU``
+    resource) or any worker. The rule is the local one: explicit placement (by kind:
+    ``"cuda:1"`` means a GPU), then capability; a kernel with a GPU implementation and no
+    GPU worker falls back to CPU workers where it has a CPU implementation and placement
+    allows, else fails naming what the cluster has.
+    """
+
+    gpus = ()
+    cpu = None
+    lost = {}
+
+    def __init__(self, cluster, placement=None):
+        self.cluster = cluster
+        self.default_kinds = spec_gpu_kinds(placement) if placement is not None else None
+
+    def configure(self, *args, **kwargs):
+        """Nothing to choose per call: CPU parts go to Dask workers."""
+
+    def cpu_allowed(self, function):
+        return False  # (no GPU runs in this process: no out-of-memory fallback here)
+
+    def split(self, items):
+        """Positions of a batch's calls per part (:data:`GPU_PART`, :data:`CPU_PART`);
+        ``{target: None}`` when every call goes to one part."""
+        targets, groups = {}, {}
+        for position, (function, _, _) in enumerate(items):
+            target = targets.get(id(function))
+            if target is None:
+                target = targets[id(function)] = self.target(function)
+            groups.setdefault(target, []).append(position)
+        if len(groups) == 1:
+            return {next(iter(groups)): None}
+        return groups
+
+    def target(self, function):
+        """Where calls of ``function`` run: :data:`GPU_PART` or :data:`CPU_PART`."""
+        is_kernel = type(function) is Kernel
+        pin = function.placement if is_kernel else None
+        kinds = spec_gpu_kinds(pin) if pin is not None else self.default_kinds
+        gpu_allowed = kinds is None or True in kinds
+        cpu_allowed = kinds is None or False in kinds
+        has_gpu = is_kernel and function.has_gpu
+        has_cpu = not is_kernel or function.has_cpu
+        if gpu_allowed and self.cluster.gpu_workers and (has_gpu or not (cpu_allowed and has_cpu)):
+            return GPU_PART
+        if cpu_allowed and has_cpu:
+            if has_gpu and gpu_allowed and self.cluster.addresses:
+                warn_once(f"kernel {function.__qualname__!r} has a GPU implementation but "
+                          f"the Dask cluster has no GPU worker ({self.cluster.describe()}): "
+                          "its calls run on CPU workers", RuntimeWarning,
+                          key=("no GPU worker", function.__qualname__))
+            return CPU_PART
+        name = getattr(function, "__qualname__", repr(function))
+        needs = "a GPU implementation only" if not has_cpu else "a placement on GPUs"
+        raise DeviceUnavailableError(
+            f"{name!r} cannot run on this Dask cluster: it has {needs} and "
+            f"{self.cluster.describe()}; start GPU workers that declare the resource "
+            f"(resources={{'{GPU_RESOURCE}': 1}}, or dask worker --resources "
+            f"'{GPU_RESOURCE}=1')")
+
+
+class Cluster:
+    """The backend's view of a Dask cluster: its workers, the parts in flight, and what
+    each worker and device ran.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    placement : device spec, optional
+    batching : BatchPolicy
+        Told each part's round trip and compute time (the cluster's batch sizes).
+    retries : int
+        Dask ``retries=`` of each part (a part whose call raised runs again).
+    """
+
+    def __init__(self, client, placement=None, batching=None, retries=0):
+        self.client = client
+        self.batching = batching
+        self.retries = retries
+        self.name = f"devicejoblib-{uuid.uuid4().hex}"  # this backend's runners on workers
+        self.router = ClusterRouter(self, placement)
+        self._lock = threading.Lock()
+        self._in_flight = set()  # Dask futures not done yet
+        self._plugin = None
+        self.stats = {}  # (worker address, device id) -> [calls, parts, seconds]
+        self.refresh()
+
+    def refresh(self, wait=WAIT_FOR_WORKERS):
+        """Read the cluster's workers again (waiting up to ``wait`` s for a first one)."""
+        workers = _workers_info(self.client)
+        if not workers and wait:
+            try:
+                self.client.wait_for_workers(1, timeout=wait)
+            except Exception as exc:  # distributed's TimeoutError
+                raise TimeoutError(f"the Dask cluster at {self.client.scheduler.address} "
+                                   f"has no worker after {wait:g} s") from exc
+            workers = _workers_info(self.client)
+        self.addresses = tuple(workers)
+        self.gpu_workers = tuple(address for address, worker in workers.items()
+                                 if worker.get("resources", {}).get(GPU_RESOURCE, 0) > 0)
+        self.threads = sum(worker.get("nthreads", 1) for worker in workers.values())
+
+    def describe(self):
+        return (f"the cluster has {len(self.addresses)} worker(s), "
+                f"{len(self.gpu_workers)} with a {GPU_RESOURCE!r} resource")
+
+    def n_jobs(self):
+        """joblib's ``n_jobs``: the cluster's worker threads (at least 2: never
+        joblib's sequential path, which would run the calls here)."""
+        return max(self.threads, 2)
+
+    def submit(self, target, batch, on_done=None):
+        """Run the part ``batch`` on the cluster; a Future of its results, passed to
+        ``on_done`` once done."""
+        from . import _cluster_worker
+
+        gpu = target == GPU_PART
+        if gpu:
+            self._register_plugin()
+            function = functools.partial(_cluster_worker.gpu_part, self.name)
+        else:
+            function = _cluster_worker.cpu_part
+        key = f"devicejoblib-{'gpu' if gpu else 'cpu'}-part-{uuid.uuid4().hex}"
+        future = Future()
+        future.set_running_or_notify_cancel()
+        started = time.perf_counter()
+        dask_future = self.client.submit(
+            function, batch, key=key, pure=False, retries=self.retries or None,
+            resources={GPU_RESOURCE: 1} if gpu else None)
+        with self._lock:
+            self._in_flight.add(dask_future)
+        dask_future.add_done_callback(functools.partial(
+            self._done, future, on_done, gpu, len(batch), started))
+        return future
+
+    def _done(self, future, on_done, gpu, n_calls, started, dask_future):
+        round_trip = time.perf_counter() - started
+        with self._lock:
+            self._in_flight.discard(dask_future)
+        try:
+            results, where, seconds = dask_future.result()
+        except BaseException as exc:  # the part's error, or the cluster's
+            future.set_exception(self._error(exc))
+        else:
+            with self._lock:
+                stats = self.stats.setdefault(where, [0, 0, 0.0])
+                stats[0] += n_calls
+                stats[1] += 1
+                stats[2] += seconds
+            if self.batching is not None:
+                self.batching.cluster_part_completed(gpu, n_calls, round_trip, seconds)
+            future.set_result(results)
+        del dask_future
+        if on_done is not None:
+            on_done(future)
+
+    def _error(self, exc):
+        status = getattr(self.client, "status", "running")
+        # a connection error of the client (not raised by a call: those are the task's)
+        comm = isinstance(exc, OSError) and type(exc).__module__.startswith(
+            ("distributed", "tornado"))
+        if comm or (isinstance(exc, CancelledError) and status != "running"):
+            lost = ClusterLostError(f"the connection to the Dask scheduler at "
+                                    f"{self.client.scheduler.address} was lost (client "
+                                    f"status {status!r}): calls in flight cannot complete")
+            lost.__cause__ = exc
+            return lost
+        if not isinstance(exc, CancelledError):
+            with_worker_traceback(exc)
+            exc.__traceback__ = None  # its frames would hold this part's batch
+        return exc
+
+    def abort(self):
+        """Cancel the parts in flight (joblib wants none of their results)."""
+        with self._lock:
+            in_flight, self._in_flight = list(self._in_flight), set()
+        if in_flight and self.client.status == "running":
+            # on the client's event loop, not waited for: with the scheduler gone it
+            # would block this thread until the connection times out
+            self.client.loop.add_callback(self.client.cancel, in_flight, asynchronous=True)
+
+    def _register_plugin(self):
+        if self._plugin is None:
+            from ._cluster_worker import RunnerPlugin
+
+            plugin = RunnerPlugin(self.name)
+            register = getattr(self.client, "register_plugin", None) or \
+                self.client.register_worker_plugin
+            register(plugin, name=self.name)
+            self._plugin = plugin
+
+    def close(self):
+        """Let go of this backend's runners on the workers (their GPU threads and the
+        kernels' resident state)."""
+        release_runners(self.client, self._plugin and self.name)
+        self._plugin = None
+
+    def report(self):
+        """Calls, parts and seconds per worker address and device."""
+        with self._lock:
+            return {f"{address}/{device}": {"worker": address, "device": device,
+                                            "calls": calls, "batches": parts,
+                                            "seconds": seconds}
+                    for (address, device), (calls, parts, seconds) in self.stats.items()}
+
+
+def release_runners(client, name):
+    """Unregister the worker plugin ``name`` (its teardown stops the runners); quiet if
+    the client or cluster is gone already."""
+    if not name:
+        return
+    try:
+        if client.status == "running":
+            client.unregister_worker_plugin(name)
+    except Exception:  # at exit, or after the scheduler was lost: the workers are gone
+        pass
