@@ -130,3 +130,33 @@ def test_a_fixed_size_that_ran_out_of_memory_is_capped():
     policy.fixed = 64
     sizer.out_of_memory(64)
     assert sizer.size == 32
+
+
+def test_cluster_parts_grow_until_they_amortise_the_per_task_cost():
+    policy = BatchPolicy()
+    policy.gpu_bound = True  # calls go to a cluster's GPU workers
+    per_call, overhead = 1e-4, 1e-3  # 0.1 ms of work per call, 1 ms per Dask task
+    sizes = []
+    for _ in range(8):
+        n = policy.compute_batch_size() if sizes else 8
+        policy.cluster_part_completed(True, n, overhead + n * per_call, n * per_call)
+        sizes.append(policy.compute_batch_size())
+    wanted = policy.cluster.AMORTISE * overhead / per_call  # 200 calls
+    assert sizes[0] == 32  # at most 4x per part
+    assert wanted / 2 <= sizes[-1] <= wanted * 2
+    # calls become 10x slower: parts shrink, by at most half per part
+    for _ in range(8):
+        n = policy.compute_batch_size()
+        policy.cluster_part_completed(True, n, overhead + n * 1e-3, n * 1e-3)
+    assert wanted / 20 <= policy.compute_batch_size() <= wanted / 5
+
+
+def test_cluster_cpu_parts_feed_joblibs_auto_batching():
+    from joblib import Parallel
+
+    policy = BatchPolicy()
+    policy.start_call(Parallel(n_jobs=2))
+    before = policy.compute_batch_size()
+    for _ in range(4):  # parts of 1 call taking 1 ms: far below joblib's 0.2 s target
+        policy.cluster_part_completed(False, policy.compute_batch_size(), 1e-3, 5e-4)
+    assert policy.compute_batch_size() > before

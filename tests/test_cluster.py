@@ -31,27 +31,15 @@ distributed = pytest.importorskip("distributed")
 pytestmark = pytest.mark.skipif(not devicejoblib.USE_JOBLIB, reason="needs joblib")
 
 
-def _worker(gpu):
-    env = {"DEVICEJOBLIB_SIMULATE_GPUS": "1" if gpu else "0",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS_DIR),
-                                                       os.environ.get("PYTHONPATH")]))}
-    options = {"nthreads": 1, "host": "127.0.0.1", "env": env}
-    if gpu:
-        options["resources"] = {"GPU": 1}
-    return {"cls": distributed.Nanny, "options": options}
-
-
 @contextlib.contextmanager
 def local_cluster(cpu_workers=1, gpu_workers=2):
-    """A cluster of Nanny worker processes on 127.0.0.1, and a client of it."""
-    workers = {f"cpu-{i}": _worker(False) for i in range(cpu_workers)}
-    workers.update({f"gpu-{i}": _worker(True) for i in range(gpu_workers)})
-    scheduler = {"cls": distributed.Scheduler,
-                 "options": {"host": "127.0.0.1", "dashboard_address": None}}
-    with distributed.SpecCluster(workers=workers, scheduler=scheduler,
-                                 silence_logs=logging.CRITICAL) as cluster, \
+    """A cluster of worker processes on 127.0.0.1 (see ``simulated_cluster``), and a
+    client of it; the tests folder is on the workers' path."""
+    path = os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))
+    with devicejoblib.simulated_cluster(cpu_workers, gpu_workers, env={"PYTHONPATH": path},
+                                        silence_logs=logging.CRITICAL) as cluster, \
             distributed.Client(cluster) as client:
-        client.wait_for_workers(len(workers), timeout=60)
+        client.wait_for_workers(cpu_workers + gpu_workers, timeout=60)
         yield cluster, client
 
 
@@ -177,6 +165,20 @@ def test_losing_the_scheduler_is_a_clear_error_not_a_hang():
         timer.join()
 
 
+def test_gpu_parts_fail_once_the_cluster_has_no_gpu_worker_left():
+    with local_cluster(cpu_workers=1, gpu_workers=1) as (cluster, client):
+        backend = DeviceBackend(client=client, wait_for_workers_timeout=1)
+        timer = threading.Timer(1.0, cluster.sync, (cluster.workers["gpu-0"].close,))
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(devicejoblib.DeviceUnavailableError,
+                           match=r"no GPU worker for 1 s \(the cluster has 1 worker"):
+            Parallel(backend=backend, batch_size=4)(
+                delayed(slow_kernel)(i) for i in range(2000))  # 40 s of work
+        assert time.monotonic() - start < 15
+        timer.join()
+
+
 @pytest.mark.parametrize("make, error, match", [
     (lambda c: DeviceBackend(client="tcp://127.0.0.1:1"), TypeError,
      r"Invalid client='tcp://127.0.0.1:1': expected a distributed.Client or 'default'"),
@@ -184,6 +186,8 @@ def test_losing_the_scheduler_is_a_clear_error_not_a_hang():
      r"Invalid devices='cpu' with client="),
     (lambda c: DeviceBackend(client=c, keep_on_device=True), ValueError,
      r"Invalid keep_on_device=True with client="),
+    (lambda c: DeviceBackend(client=c, wait_for_workers_timeout="1s"), ValueError,
+     r"Invalid wait_for_workers_timeout='1s': expected seconds"),
     (lambda c: DeviceBackend(client=c, retries=-1), ValueError,
      r"Invalid retries=-1: expected an integer >= 0"),
     (lambda c: DeviceBackend(retries=2), ValueError, r"Invalid retries=2 without client="),

@@ -35,7 +35,8 @@ from ._platforms.simulated import SimulatedDeviceLost, SimulatedOutOfMemory
 from ._safe_import import USE_JOBLIB, Parallel, cpu_count, delayed, parallel_config
 from ._version import __version__
 
-_LAZY = {"DeviceBackend": "._backend", "SimulatedDeviceArray": "._platforms.simulated_arrays"}
+_LAZY = {"DeviceBackend": "._backend", "SimulatedDeviceArray": "._platforms.simulated_arrays",
+         "simulated_cluster": "._cluster"}
 
 
 def __getattr__(name):
@@ -95,4 +96,5 @@ __all__ = [
     "platforms",
     "register",
     "simulate_gpus",
+    "simulated_cluster",
 ]

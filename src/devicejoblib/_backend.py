@@ -67,6 +67,9 @@ class DeviceBackend(ParallelBackendBase):
         With ``client``: Dask's ``retries`` of a part whose call raised (default 0: the
         error is the ``Parallel`` call's at once). Parts of a worker that died are run
         again by Dask whatever this says.
+    wait_for_workers_timeout : float
+        With ``client``: seconds to wait for a first worker, and for a GPU worker while
+        GPU parts wait for one (then they fail), as joblib's dask backend's.
     """
 
     supports_retrieve_callback = True
@@ -77,7 +80,8 @@ class DeviceBackend(ParallelBackendBase):
 
     def __init__(self, devices=None, placement=None, cpu_backend="loky", n_cpu_jobs=None,
                  keep_on_device=False, max_batch_size=None, client=None, retries=0,
-                 nesting_level=None, inner_max_num_threads=None, **backend_kwargs):
+                 wait_for_workers_timeout=10.0, nesting_level=None,
+                 inner_max_num_threads=None, **backend_kwargs):
         super().__init__(nesting_level=nesting_level,
                          inner_max_num_threads=inner_max_num_threads, **backend_kwargs)
         if cpu_backend not in CPU_BACKENDS:
@@ -92,7 +96,8 @@ class DeviceBackend(ParallelBackendBase):
         self.workers = workers = {}
         self.cluster = None
         if client is not None:
-            self.cluster = self._on_cluster(client, devices, placement, retries)
+            self.cluster = self._on_cluster(client, devices, placement, retries,
+                                            wait_for_workers_timeout)
             self.router = self.cluster.router
         else:
             if retries != 0:
@@ -134,7 +139,7 @@ class DeviceBackend(ParallelBackendBase):
 
     # --- joblib's contract -----------------------------------------------------------
 
-    def _on_cluster(self, client, devices, placement, retries):
+    def _on_cluster(self, client, devices, placement, retries, wait):
         from ._cluster import Cluster, resolve_client
 
         if devices is not None:
@@ -147,7 +152,10 @@ class DeviceBackend(ParallelBackendBase):
         # a Parallel call without n_jobs uses the cluster, as joblib's dask backend does
         self.default_n_jobs = -1
         self.supports_sharedmem = False  # joblib then runs sharedmem calls on threads
-        return Cluster(resolve_client(client), placement, self.batching, retries)
+        if not (isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait >= 0):
+            raise ValueError(f"Invalid wait_for_workers_timeout={wait!r}: expected seconds, "
+                             "a number >= 0")
+        return Cluster(resolve_client(client), placement, self.batching, retries, wait)
 
     def effective_n_jobs(self, n_jobs):
         # joblib slices the input into this many batches per round and keeps twice as
@@ -253,8 +261,9 @@ class DeviceBackend(ParallelBackendBase):
         # call: keep its GPU threads; they stop when the backend is collected or shut down.
         if active_backend() is not self:
             # after an error or a timeout, do not wait for the GPU calls still running:
-            # their threads exit when those calls return
-            self.shutdown(wait=not self._aborted)
+            # their threads exit when those calls return. A cluster's runners stay, with
+            # what they learnt, until the backend is collected or shut down.
+            self._stop(wait=not self._aborted)
         self._aborted = False
 
     # --- devicejoblib's own -------------------------------------------------------------
@@ -262,12 +271,16 @@ class DeviceBackend(ParallelBackendBase):
     def shutdown(self, wait=True):
         """Stop the GPU worker threads (they restart on the next call) — and wait for
         them unless ``wait=False`` — and let go of the kernels' resident state on the
-        GPUs (released once no backend holds those GPUs)."""
+        GPUs (released once no backend holds those GPUs); on a cluster, of this backend's
+        runners on its workers (their threads, launch sizes and resident state)."""
+        self._stop(wait)
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def _stop(self, wait):
         self._accepting = False
         _stop_all([*self.workers.values(), self._callbacks], wait)
         self._resident.release()
-        if self.cluster is not None:
-            self.cluster.close()
 
     def report(self):
         """Calls, batches and seconds per device since this backend was made.
@@ -460,7 +473,7 @@ class DeviceBackend(ParallelBackendBase):
 
 
 _OWN_PARAMETERS = ("devices", "placement", "cpu_backend", "n_cpu_jobs", "keep_on_device",
-                   "max_batch_size", "client", "retries")
+                   "max_batch_size", "client", "retries", "wait_for_workers_timeout")
 
 
 def _refuse_misspelt(backend_kwargs):

@@ -24,8 +24,8 @@ from ._utils import warn_once
 GPU_RESOURCE = "GPU"
 #: Targets of a batch's parts on a cluster, as routing names them.
 GPU_PART, CPU_PART = "dask-gpu", "dask-cpu"
-#: Seconds to wait for a first worker to join before failing.
-WAIT_FOR_WORKERS = 10.0
+#: Seconds between two looks at the cluster while GPU parts wait for a GPU worker.
+WATCH_INTERVAL = 0.25
 
 INSTALL_HINT = "pip install 'devicejoblib[dask]' (or pip install distributed)"
 
@@ -49,6 +49,15 @@ def resolve_client(client):
         raise TypeError(f"Invalid client={client!r}: expected a distributed.Client or "
                         "'default' (the current default client)")
     return client
+
+
+_GPU_KEY, _CPU_KEY = "devicejoblib-gpu-part-", "devicejoblib-cpu-part-"
+
+
+def _gpu_workers(workers):
+    """Addresses of the workers that declare a GPU resource."""
+    return tuple(address for address, worker in workers.items()
+                 if worker.get("resources", {}).get(GPU_RESOURCE, 0) > 0)
 
 
 def _workers_info(client):
@@ -133,12 +142,20 @@ class Cluster:
         Told each part's round trip and compute time (the cluster's batch sizes).
     retries : int
         Dask ``retries=`` of each part (a part whose call raised runs again).
+    wait_for_workers_timeout : float
+        Seconds to wait for a first worker when a call starts, and for a GPU worker
+        while GPU parts are in flight and the cluster has none (Dask would keep them
+        waiting forever): then they fail.
     """
 
-    def __init__(self, client, placement=None, batching=None, retries=0):
+    def __init__(self, client, placement=None, batching=None, retries=0,
+                 wait_for_workers_timeout=10.0):
         self.client = client
         self.batching = batching
         self.retries = retries
+        self.patience = wait_for_workers_timeout
+        self._watcher = None  # the thread watching for GPU workers, while it runs
+        self._failed = {}  # key of a Dask future -> the error its part fails with
         self.name = f"devicejoblib-{uuid.uuid4().hex}"  # this backend's runners on workers
         self.router = ClusterRouter(self, placement)
         self._lock = threading.Lock()
@@ -147,19 +164,22 @@ class Cluster:
         self.stats = {}  # (worker address, device id) -> [calls, parts, seconds]
         self.refresh()
 
-    def refresh(self, wait=WAIT_FOR_WORKERS):
-        """Read the cluster's workers again (waiting up to ``wait`` s for a first one)."""
+    def refresh(self):
+        """Read the cluster's workers again (waiting for a first one)."""
         workers = _workers_info(self.client)
-        if not workers and wait:
+        if not workers and self.patience:
             try:
-                self.client.wait_for_workers(1, timeout=wait)
+                self.client.wait_for_workers(1, timeout=self.patience)
             except Exception as exc:  # distributed's TimeoutError
                 raise TimeoutError(f"the Dask cluster at {self.client.scheduler.address} "
-                                   f"has no worker after {wait:g} s") from exc
+                                   f"has no worker after {self.patience:g} s (raise "
+                                   "wait_for_workers_timeout= to wait longer)") from exc
             workers = _workers_info(self.client)
+        self._read(workers)
+
+    def _read(self, workers):
         self.addresses = tuple(workers)
-        self.gpu_workers = tuple(address for address, worker in workers.items()
-                                 if worker.get("resources", {}).get(GPU_RESOURCE, 0) > 0)
+        self.gpu_workers = _gpu_workers(workers)
         self.threads = sum(worker.get("nthreads", 1) for worker in workers.values())
 
     def describe(self):
@@ -182,7 +202,7 @@ class Cluster:
             function = functools.partial(_cluster_worker.gpu_part, self.name)
         else:
             function = _cluster_worker.cpu_part
-        key = f"devicejoblib-{'gpu' if gpu else 'cpu'}-part-{uuid.uuid4().hex}"
+        key = f"{_GPU_KEY if gpu else _CPU_KEY}{uuid.uuid4().hex}"
         future = Future()
         future.set_running_or_notify_cancel()
         started = time.perf_counter()
@@ -191,6 +211,10 @@ class Cluster:
             resources={GPU_RESOURCE: 1} if gpu else None)
         with self._lock:
             self._in_flight.add(dask_future)
+            if gpu and self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch_gpu_workers, daemon=True,
+                                                 name="devicejoblib-cluster-watch")
+                self._watcher.start()
         dask_future.add_done_callback(functools.partial(
             self._done, future, on_done, gpu, len(batch), started))
         return future
@@ -199,7 +223,10 @@ class Cluster:
         round_trip = time.perf_counter() - started
         with self._lock:
             self._in_flight.discard(dask_future)
+            failed = self._failed.pop(dask_future.key, None)
         try:
+            if failed is not None:
+                raise failed
             results, where, seconds = dask_future.result()
         except BaseException as exc:  # the part's error, or the cluster's
             future.set_exception(self._error(exc))
@@ -231,6 +258,33 @@ class Cluster:
             with_worker_traceback(exc)
             exc.__traceback__ = None  # its frames would hold this part's batch
         return exc
+
+    def _watch_gpu_workers(self):
+        """While GPU parts are in flight: fail them once the cluster has had no GPU
+        worker for ``patience`` seconds (a GPU worker died and none replaced it)."""
+        since = None
+        while True:
+            time.sleep(WATCH_INTERVAL)
+            with self._lock:
+                waiting = [f for f in self._in_flight if f.key.startswith(_GPU_KEY)]
+                if not waiting or self.client.status != "running":
+                    self._watcher = None
+                    return
+            try:
+                self._read(_workers_info(self.client))
+            except Exception:  # the scheduler is going away: the futures will say so
+                continue
+            since = None if self.gpu_workers else since or time.monotonic()
+            if since is None or time.monotonic() - since < self.patience:
+                continue
+            error = DeviceUnavailableError(
+                f"the Dask cluster has had no GPU worker for {self.patience:g} s "
+                f"({self.describe()}): {len(waiting)} GPU part(s) cannot run (raise "
+                "wait_for_workers_timeout= to wait longer for GPU workers)")
+            with self._lock:
+                self._failed.update((f.key, error) for f in waiting)
+            self.client.cancel(waiting)
+            since = None
 
     def abort(self):
         """Cancel the parts in flight (joblib wants none of their results)."""
@@ -276,3 +330,44 @@ def release_runners(client, name):
             client.unregister_worker_plugin(name)
     except Exception:  # at exit, or after the scheduler was lost: the workers are gone
         pass
+
+
+def simulated_cluster(cpu_workers=1, gpu_workers=2, threads_per_worker=1, env=None,
+                      **cluster_kwargs):
+    """A Dask cluster on this machine (127.0.0.1) whose GPU workers see one simulated GPU
+    each: to try, test and measure the cluster route without GPUs.
+
+    Parameters
+    ----------
+    cpu_workers, gpu_workers : int
+        Worker processes (``Nanny``) without and with a GPU: GPU workers declare
+        ``resources={"GPU": 1}`` and run with ``DEVICEJOBLIB_SIMULATE_GPUS=1``.
+    threads_per_worker : int
+    env : dict, optional
+        More environment variables for every worker (``PYTHONPATH``...).
+    **cluster_kwargs
+        Passed to ``distributed.SpecCluster`` (``silence_logs``...).
+
+    Returns
+    -------
+    distributed.SpecCluster
+        Use it as a context manager, with ``distributed.Client(cluster)``.
+    """
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ImportError(f"simulated_cluster() needs the distributed package: "
+                          f"{INSTALL_HINT}") from exc
+
+    def worker(gpu):
+        options = {"nthreads": threads_per_worker, "host": "127.0.0.1",
+                   "env": {**(env or {}), "DEVICEJOBLIB_SIMULATE_GPUS": "1" if gpu else "0"}}
+        if gpu:
+            options["resources"] = {GPU_RESOURCE: 1}
+        return {"cls": distributed.Nanny, "options": options}
+
+    workers = {f"cpu-{i}": worker(False) for i in range(cpu_workers)}
+    workers.update({f"gpu-{i}": worker(True) for i in range(gpu_workers)})
+    scheduler = {"cls": distributed.Scheduler,
+                 "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    return distributed.SpecCluster(workers=workers, scheduler=scheduler, **cluster_kwargs)
