@@ -106,10 +106,12 @@ def no_leaks():
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    """Each test starts from the documented defaults of devicejoblib's settings."""
+def clean_env(monkeypatch, tmp_path):
+    """Each test starts from the documented defaults of devicejoblib's settings, and a
+    placement model of its own (never the user's)."""
     for name in _ENV_KNOBS:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DEVICEJOBLIB_MODEL_PATH", str(tmp_path / "placement-model.json"))
 
 
 @pytest.fixture

@@ -301,3 +301,22 @@ def slow_kernel(tag):
 @slow_kernel.cuda
 def _(tag):
     return _slow_locate(tag)
+
+
+# --- learned placement: costs that differ per device by construction -------------------
+
+def _modelled(n, fixed, per_unit):
+    time.sleep(fixed + n * per_unit)
+    return n, current_device().id
+
+
+@kernel
+def modelled(n):
+    """A call of size ``n``: on the CPU, 10 us per unit (small calls are cheap); on a
+    GPU, 2 ms of launch cost and 0.1 us per unit (large calls are cheap)."""
+    return _modelled(n, 0.0, 1e-5)
+
+
+@modelled.cuda
+def _(n):
+    return _modelled(n, 2e-3, 1e-7)

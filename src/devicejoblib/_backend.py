@@ -11,7 +11,7 @@ import functools
 import threading
 import time
 import weakref
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 
 from . import _context
 from ._batching import BatchPolicy
@@ -19,7 +19,7 @@ from ._cluster import GPU_PART
 from ._context import bind_thread
 from ._devices import parse_devices
 from ._errors import DeviceUnavailableError
-from ._execution import FusedCPUBatch, GPUTask, JoinedBatch, execute_gpu, failed
+from ._execution import FusedCPUBatch, GPUTask, JoinedBatch, TimedBatch, execute_gpu, failed
 from ._fusion import add_note, describe, has_batched_form, to_host
 from ._joblib_adapters import (
     FallbackToBackend,
@@ -31,8 +31,10 @@ from ._joblib_adapters import (
     sub_batch,
 )
 from ._kernels import ResidentHold
+from ._model_store import learnt_launch_size, remember_launch_sizes
+from ._placement import is_auto
 from ._platforms import HOST
-from ._routing import CPU_PROCESSES, CPU_THREADS, Router
+from ._routing import CPU_PROCESSES, CPU_THREADS, Router, route_of
 from ._utils import check_count, check_flag, check_n_jobs
 from ._workers import CallbackThread, GPUWorker
 
@@ -46,10 +48,11 @@ class DeviceBackend(ParallelBackendBase):
     ----------
     devices : device spec, optional
         The devices to use (see :func:`devicejoblib.parse_devices`); default: all.
-    placement : device spec, optional
+    placement : device spec or "auto", optional
         Where calls may run unless a kernel is pinned with ``.on()``: ``"gpu"``,
-        ``"cpu"``, a device list, among ``devices``. Default: decided per call
-        (affinity, capability).
+        ``"cpu"``, a device list, among ``devices``; ``"auto"``: each kernel call goes
+        where the learnt cost model expects it to finish first (``kernel.on("auto")``
+        asks it for one kernel). Default: decided per call (affinity, capability).
     cpu_backend : {"loky", "threading"}
         How CPU calls run: loky worker processes (default) or threads. ``nogil`` kernels,
         ``prefer="threads"`` and ``require="sharedmem"`` always use threads.
@@ -114,7 +117,9 @@ class DeviceBackend(ParallelBackendBase):
                                         cpu_fallback=self.router.cpu_allowed)
             self.workers[device.id] = GPUWorker(
                 device, execute, sizer, self._per_platform[device.platform],
-                rescue=functools.partial(_rescue, weakref.ref(self), device.id))
+                rescue=functools.partial(_rescue, weakref.ref(self), device.id),
+                observe=functools.partial(self.router.observe, device))
+        self.batching.learnt = learnt_launch_size
         self._host_limits = contextlib.ExitStack()
         self._cpu = {}  # CPU route -> (submit, shutdown, abort)
         self._cpu_stats = {CPU_PROCESSES: [0, 0, 0.0], CPU_THREADS: [0, 0, 0.0]}
@@ -148,6 +153,10 @@ class DeviceBackend(ParallelBackendBase):
         if self.keep_on_device:
             raise ValueError("Invalid keep_on_device=True with client=: results of a Dask "
                              "cluster come back to this process as host arrays")
+        if is_auto(placement):
+            raise ValueError("Invalid placement='auto' with client=: learned placement "
+                             "runs on one machine only for now; on a cluster, calls are "
+                             "placed by kind ('gpu', 'cpu') and capability")
         retries = check_count("retries", retries, minimum=0)
         # a Parallel call without n_jobs uses the cluster, as joblib's dask backend does
         self.default_n_jobs = -1
@@ -180,6 +189,7 @@ class DeviceBackend(ParallelBackendBase):
         self._accepting = True
         self._resident.acquire()
         self._cpu_jobs = self._cpu_n_jobs(n_jobs)
+        self.router.cpu_slots = self._cpu_jobs
         self.router.configure(self.cpu_backend, prefer, require)
         if self.cluster is not None:
             self.cluster.refresh()
@@ -210,20 +220,22 @@ class DeviceBackend(ParallelBackendBase):
         if self._aborted:  # a batch dispatched while the call aborts: start nothing
             return self._failed(CancelledError("the Parallel call was aborted"), callback)
         self._check_stuck()
+        ledger = {}  # target -> what a part placed "auto" queued on its device
         try:
-            groups = self.router.split(func.items)
+            groups = self.router.split(func.items, ledger)
         except BaseException as exc:
             return self._failed(exc, callback)
-        self.batching.gpu_bound = all(target in self.workers or target == GPU_PART
+        self.batching.gpu_bound = all(route_of(target) in self.workers or target == GPU_PART
                                       for target in groups)
         if len(groups) == 1:
             (target, _), = groups.items()
             try:
-                return self._submit_part(target, func, callback)
+                return self._submit_part(target, func, self._settling(callback, target,
+                                                                       ledger))
             except BaseException as exc:
                 return self._failed(exc, callback)
         joined = JoinedBatch(len(func.items), len(groups), callback)
-        self._submit_parts(func, func.items, groups, joined)
+        self._submit_parts(func, func.items, groups, joined, ledger)
         return joined
 
     def retrieve_result_callback(self, out):
@@ -253,6 +265,7 @@ class DeviceBackend(ParallelBackendBase):
         for _, shutdown, _ in executors.values():
             shutdown()
         self._host_limits.close()
+        remember_launch_sizes(self.batching.launch_sizers.values())
         self.batching.end_call()
         # Break the backend <-> Parallel cycle so that, once the caller drops both, the
         # backend is freed at once and its finalizer joins the GPU threads.
@@ -302,7 +315,21 @@ class DeviceBackend(ParallelBackendBase):
                 out[device_id]["lost"] = str(worker.lost)
         if self.cluster is not None:
             out.update(self.cluster.report())
+        if self.router.placer is not None:
+            for device_id, placed in self.router.placer.calls_per_device().items():
+                row = out.setdefault(device_id if device_id in self.workers else
+                                     self.router.cpu_route, {"calls": 0, "batches": 0,
+                                                             "seconds": 0.0})
+                row.update(placed)
         return out
+
+    def explain(self):
+        """Why calls placed "auto" went where they did: per kernel and footprint, the
+        predicted seconds per call on each device model, the samples behind each
+        prediction, and the calls sent to each device with the reason."""
+        if self.router.placer is None:
+            return "no call was placed 'auto' by this backend"
+        return self.router.placer.explain()
 
     def format_report(self):
         """The dispatch report, one line per device."""
@@ -377,17 +404,33 @@ class DeviceBackend(ParallelBackendBase):
 
         self._submit_parts(batch, items, groups, JoinedBatch(len(items), len(groups), forward))
 
-    def _submit_parts(self, batch, items, groups, joined):
+    def _submit_parts(self, batch, items, groups, joined, ledger=None):
         """Submit the calls ``items`` of ``batch`` in the parts ``groups`` (target ->
         positions, None: all) routing made, each part reporting to ``joined``."""
         for target, positions in groups.items():
             positions = range(len(items)) if positions is None else positions
-            part_done = functools.partial(joined.part_done, positions)
+            part_done = self._settling(functools.partial(joined.part_done, positions),
+                                       target, ledger)
             try:
                 self._submit_part(target, sub_batch(batch, [items[i] for i in positions]),
                                   part_done)
             except BaseException as exc:
                 self._failed(exc, part_done)
+
+    def _settling(self, callback, target, ledger):
+        """``callback``, preceded by settling what the part for ``target`` queued in the
+        cost model's view (when calls of it were placed "auto")."""
+        entry = ledger.pop(target, None) if ledger else None
+        if entry is None:
+            return callback
+        router = self.router
+
+        def settle_then_callback(future):
+            router.settle(entry)
+            if callback is not None:
+                callback(future)
+
+        return settle_then_callback
 
     def _limit_host_threads(self):
         """For the coming call, limit native thread pools while GPU workers compute on
@@ -406,6 +449,7 @@ class DeviceBackend(ParallelBackendBase):
     def _submit_part(self, target, batch, callback):
         if self.cluster is not None:
             return self.cluster.submit(target, batch, callback)
+        target = route_of(target)
         worker = self.workers.get(target)
         if worker is not None:
             return self._submit_gpu(worker, batch, callback)
@@ -425,8 +469,25 @@ class DeviceBackend(ParallelBackendBase):
 
         if has_batched_form(batch.items, HOST.runs):
             batch = FusedCPUBatch(batch)
-        future = submit(batch)
-        future.add_done_callback(cpu_done)
+        if self.router.placer is None:
+            future = submit(batch)
+            future.add_done_callback(cpu_done)
+            return future
+        # measured in the worker, for the cost model: (results, seconds) come back
+        items, timed, future = batch.items, submit(TimedBatch(batch)), Future()
+        future.set_running_or_notify_cancel()
+
+        def unwrap(done):
+            try:
+                results, seconds = done.result()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                self.router.observe(self.router.cpu, items, n_calls, seconds)
+                future.set_result(results)
+            cpu_done(future)
+
+        timed.add_done_callback(unwrap)
         return future
 
     def _submit_gpu(self, worker, batch, callback):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 
 from ._joblib_adapters import cpu_auto_batching
+from ._kernels import Kernel
 from ._utils import check_count
 
 #: Growth stops when doubling the batch no longer cuts the time per call by this factor.
@@ -44,6 +45,9 @@ class BatchPolicy:
     def __init__(self, max_batch_size=None, nesting_level=None):
         self.max_batch_size = check_count("max_batch_size", max_batch_size, allow_none=True)
         self.fixed = None  # the user's batch_size=<int>, which wins over everything
+        #: ``learnt(device, kernel names)``: a launch size settled on in an earlier
+        #: process, or None (set by the backend: the persisted cost model)
+        self.learnt = None
         self.gpu_bound = False  # whether the last batch went to GPUs only
         self.launch_sizers = {}  # device id -> GPUBatchSizer
         self.dispatch = DispatchBatchSizer(self)
@@ -117,6 +121,8 @@ class GPUBatchSizer:
         self.policy = policy or BatchPolicy()
         self.bytes_per_call = 0
         self._expected_bytes = 0  # estimated from arguments until a launch is measured
+        self.kernels = set()  # names of the kernels fused here (for the persisted model)
+        self.learnt_here = False  # whether the size was measured here, not loaded
         self._ceiling = None  # set by an out-of-memory error
         self._lock = threading.Lock()
         self.reset()
@@ -151,12 +157,27 @@ class GPUBatchSizer:
     def expect(self, calls):
         """Before a launch was measured, estimate each call's bytes from the arrays among
         the first ``calls``' arguments (results taken as large), so that the memory cap
-        holds from the first launch."""
+        holds from the first launch; a kernel fused here for the first time starts at the
+        launch size an earlier process settled on, if any."""
+        first = calls[0][0] if calls else None
+        if (type(first) is Kernel and first.resident_key not in self.kernels
+                and first.batched_form(self.device.platform.runs) is not None):
+            self.kernels.add(first.resident_key)  # a kernel fused here: size persisted
+            self._start_from_learnt()
         if self.bytes_per_call:
             return
         for _, args, kwargs in calls[:ESTIMATED_FROM]:
             moved = sum(getattr(v, "nbytes", 0) for v in (*args, *kwargs.values()))
             self._expected_bytes = max(self._expected_bytes, 2 * moved)
+
+    def _start_from_learnt(self):
+        """Before any launch was measured here: start at the size an earlier process
+        settled on for these kernels on this device model, settled."""
+        if self._per_call or self.settled or self.policy.learnt is None:
+            return
+        size = self.policy.learnt(self.device, self.kernels)
+        if size:
+            self._size, self.settled = size, True
 
     def note_bytes(self, bytes_per_call):
         """The most bytes a call moved so far (stacked arguments and results)."""
@@ -179,11 +200,12 @@ class GPUBatchSizer:
             gain = None if previous is None else self._per_call[size] / previous
             if gain is not None and gain > PLATEAU:
                 self._size = min(self._per_call, key=self._per_call.get)
-                self.settled = True
+                self.settled = self.learnt_here = True
             else:
                 self._previous_size = size
                 self._size = size * (4 if gain is not None and gain < STEEP else 2)
                 self.settled = self.size == size  # a cap (memory, max) holds it here
+                self.learnt_here = self.settled
 
     def out_of_memory(self, n_calls):
         """A batch of ``n_calls`` did not fit: never try that many again."""

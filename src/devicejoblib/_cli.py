@@ -1,5 +1,5 @@
-"""The ``devicejoblib`` command: ``devicejoblib info [--json]`` and
-``devicejoblib bench [...]``."""
+"""The ``devicejoblib`` command: ``devicejoblib info [--json]``, ``devicejoblib bench
+[...]`` and ``devicejoblib model show|reset|path``."""
 
 from __future__ import annotations
 
@@ -30,10 +30,17 @@ def main(argv=None):
     bench = commands.add_parser(
         "bench", help="time a reference workload on CPU and GPU workers over a range of sizes")
     _bench.add_arguments(bench)
+    model = commands.add_parser(
+        "model", help="the learnt placement model: show it, reset it, or print its path")
+    model.add_argument("action", choices=("show", "reset", "path"))
+    model.add_argument("--json", action="store_true", help="show: print one JSON object")
     args = parser.parse_args(argv)
     try:
         if args.command == "bench":
             _bench.run(args)
+            return 0
+        if args.command == "model":
+            print(model_command(args.action, args.json))
             return 0
         report = info_report()
     except ValueError as exc:  # a bad DEVICEJOBLIB_* setting or option value
@@ -41,6 +48,35 @@ def main(argv=None):
         return 2
     print(json.dumps(report, indent=2) if args.json else format_info(report))
     return 0
+
+
+def model_command(action, as_json=False):
+    """What ``devicejoblib model <action>`` prints."""
+    from . import _model_store
+
+    if action == "path":
+        path = _model_store.model_path()
+        return str(path) if path else f"off ({_model_store.MODEL_PATH_ENV}=off)"
+    if action == "reset":
+        path = _model_store.reset()
+        return f"deleted {path}" if path else "nothing to reset: the model is off"
+    shown = _model_store.describe()
+    if as_json:
+        return json.dumps(shown, indent=2)
+    if shown["path"] is None:
+        return f"the placement model is off ({_model_store.MODEL_PATH_ENV}=off)"
+    lines = [f"placement model {shown['path']}, host {shown['host']}"]
+    if not shown["histories"] and not shown["launch_sizes"]:
+        lines.append("  nothing learnt yet")
+    for row in shown["histories"]:
+        seconds = row["seconds_per_call"]
+        lines.append(f"  {row['kernel']} on {row['device']}, size ~{row['size']}: "
+                     + ("no estimate" if seconds is None else f"{seconds * 1e6:.1f} us/call")
+                     + f" ({row['how']}, {row['samples']} samples)")
+    for row in shown["launch_sizes"]:
+        lines.append(f"  {row['kernel']} on {row['device']}: launches of "
+                     f"{row['launch_size']} calls")
+    return "\n".join(lines)
 
 
 def info_report():

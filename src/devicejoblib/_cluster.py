@@ -18,6 +18,7 @@ from concurrent.futures import CancelledError, Future
 from ._devices import spec_gpu_kinds
 from ._errors import ClusterLostError, DeviceUnavailableError, with_worker_traceback
 from ._kernels import Kernel
+from ._placement import is_auto
 from ._utils import warn_once
 
 #: The Dask resource a worker declares to say it has a GPU (``resources={"GPU": 1}``).
@@ -79,6 +80,8 @@ class ClusterRouter:
     gpus = ()
     cpu = None
     lost = {}
+    placer = None  # learned placement is local only, for now
+    cpu_slots = 1
 
     def __init__(self, cluster, placement=None):
         self.cluster = cluster
@@ -90,7 +93,7 @@ class ClusterRouter:
     def cpu_allowed(self, function):
         return False  # (no GPU runs in this process: no out-of-memory fallback here)
 
-    def split(self, items):
+    def split(self, items, ledger=None):
         """Positions of a batch's calls per part (:data:`GPU_PART`, :data:`CPU_PART`);
         ``{target: None}`` when every call goes to one part."""
         targets, groups = {}, {}
@@ -106,7 +109,7 @@ class ClusterRouter:
     def target(self, function):
         """Where calls of ``function`` run: :data:`GPU_PART` or :data:`CPU_PART`."""
         is_kernel = type(function) is Kernel
-        pin = function.placement if is_kernel else None
+        pin = function.placement if is_kernel and not is_auto(function.placement) else None
         kinds = spec_gpu_kinds(pin) if pin is not None else self.default_kinds
         gpu_allowed = kinds is None or True in kinds
         cpu_allowed = kinds is None or False in kinds
@@ -361,6 +364,7 @@ def simulated_cluster(cpu_workers=1, gpu_workers=2, threads_per_worker=1, env=No
 
     def worker(gpu):
         options = {"nthreads": threads_per_worker, "host": "127.0.0.1",
+                   "dashboard_address": "127.0.0.1:0",
                    "env": {**(env or {}), "DEVICEJOBLIB_SIMULATE_GPUS": "1" if gpu else "0"}}
         if gpu:
             options["resources"] = {GPU_RESOURCE: 1}
@@ -369,5 +373,6 @@ def simulated_cluster(cpu_workers=1, gpu_workers=2, threads_per_worker=1, env=No
     workers = {f"cpu-{i}": worker(False) for i in range(cpu_workers)}
     workers.update({f"gpu-{i}": worker(True) for i in range(gpu_workers)})
     scheduler = {"cls": distributed.Scheduler,
-                 "options": {"host": "127.0.0.1", "dashboard_address": None}}
+                 "options": {"host": "127.0.0.1", "dashboard": False,
+                             "dashboard_address": "127.0.0.1:0"}}
     return distributed.SpecCluster(workers=workers, scheduler=scheduler, **cluster_kwargs)

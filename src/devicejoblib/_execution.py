@@ -5,6 +5,7 @@ into one result per joblib batch."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 
 from ._devices import cpu_device
@@ -75,6 +76,22 @@ class FusedCPUBatch:
             if type(result) is Failure:
                 raise result.error
         return results
+
+
+class TimedBatch:
+    """A CPU batch that also says how long it ran in its worker: ``(results, seconds)``
+    (what the cost model learns from, without the queueing before it)."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __len__(self):
+        return len(self.batch)
+
+    def __call__(self):
+        start = time.perf_counter()
+        results = self.batch()
+        return results, time.perf_counter() - start
 
 
 class JoinedBatch(Future):

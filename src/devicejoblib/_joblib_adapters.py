@@ -121,7 +121,9 @@ def make_loky(parallel, n_jobs, nesting_level, inner_max_num_threads, **kwargs):
     folders, call_id = loky._workers._temp_folder_manager, parallel._id
 
     def submit(batch):
-        inner = getattr(batch, "batch", batch)  # a wrapper's BatchedCalls
+        inner = batch
+        while hasattr(inner, "batch"):  # wrappers' BatchedCalls
+            inner = inner.batch
         inner._reducer_callback = functools.partial(folders.set_current_context, call_id)
         return loky.submit(batch)
 

@@ -4,7 +4,10 @@
    ``placement=`` — the call may only run on those devices;
 2. data affinity: an array argument living on GPU k sends the call to GPU k (when
    placement allows it);
-3. capability: a kernel with a GPU implementation goes to the least loaded GPU; anything
+3. learned placement, for kernels placed ``"auto"`` (the backend's ``placement="auto"``
+   or ``kernel.on("auto")``): the device where the call is expected to finish first, by
+   the cost model (:mod:`devicejoblib._placement`);
+4. capability: a kernel with a GPU implementation goes to the least loaded GPU; anything
    else goes to the CPU.
 
 A call routed to the CPU then goes to loky worker processes, or to threads for ``nogil``
@@ -17,6 +20,7 @@ from __future__ import annotations
 from ._devices import devices, parse_devices
 from ._errors import BrokenDeviceError, DeviceUnavailableError, InvalidDeviceError
 from ._kernels import Kernel
+from ._placement import AutoPlacer, auto_kernel, device_model, footprint, is_auto, kernel_key
 from ._platforms import device_array_types, home_of
 from ._utils import warn_once
 
@@ -31,6 +35,12 @@ def holds_any(types, args, kwargs):
 
 #: Routes of CPU calls, next to GPU ids: loky worker processes, or threads.
 CPU_PROCESSES, CPU_THREADS = "cpu", "cpu-threads"
+
+
+def route_of(target):
+    """The worker route of a part's target: a GPU id or a CPU route (parts placed by the
+    cost model are keyed ``(route, kernel, footprint)``)."""
+    return target[0] if type(target) is tuple else target
 
 
 def _machine_has_gpu():
@@ -50,6 +60,10 @@ class Router:
         ``load(gpu_id)``: the calls pending on that GPU (default: none).
     """
 
+    #: How many CPU calls run at once (set by the backend per call; learned placement
+    #: divides the CPU's queue by it).
+    cpu_slots = 1
+
     def __init__(self, devices, placement=None, load=None):
         self.devices = tuple(devices)
         self.gpus = tuple(d for d in self.devices if d.is_gpu)
@@ -57,7 +71,10 @@ class Router:
         self._by_id = {d.id: d for d in self.devices}
         self._load = load or (lambda device_id: 0)
         self._allowed_cache = {}
-        self.default_allowed = self.allowed(placement) if placement is not None else None
+        self.auto = is_auto(placement)
+        self.placer = None  # the AutoPlacer, made when a call is first placed "auto"
+        self.default_allowed = (self.allowed(placement)
+                                if placement is not None and not self.auto else None)
         self._choices = {}  # (allowed, has GPU impl, has CPU impl) -> capability's answer
         self.lost = {}  # device id -> the BrokenDeviceError that took it out
         self.cpu_route = CPU_PROCESSES
@@ -115,30 +132,98 @@ class Router:
         """The devices a call of ``function`` may use: its pin, else the backend's
         placement; None: any."""
         placement = function.placement if type(function) is Kernel else None
-        return self.allowed(placement) if placement is not None else self.default_allowed
+        if placement is None or is_auto(placement):
+            return self.default_allowed
+        return self.allowed(placement)
 
-    def split(self, items):
+    def split(self, items, ledger=None):
         """Positions of a batch's calls per target: a GPU id, or a CPU route.
 
         A call without device-array arguments routes by its function alone, so a batch
-        makes one decision per distinct function (and its calls stay together). The
-        common batch, one function and no device arrays, maps to ``{target: None}``.
+        makes one decision per distinct function (and its calls stay together) — but
+        the calls of ``auto`` kernels, which are placed one by one by the cost model;
+        for those, ``ledger`` (a dict) receives what :meth:`settle` needs once each
+        target's part is done. The common batch, one function and no device arrays,
+        maps to ``{target: None}``.
         """
         array_types = device_array_types() if self.gpus else ()
         if not array_types:
             functions = {id(f): f for f, _, _ in items}
             if len(functions) == 1:
-                return {self.target(next(iter(functions.values())), (), {}): None}
-        groups, by_function = {}, {}
+                function = next(iter(functions.values()))
+                if not auto_kernel(function, self.auto):
+                    return {self.target(function, (), {}): None}
+        groups, by_function, auto = {}, {}, []
         for position, (function, args, kwargs) in enumerate(items):
             if array_types and holds_any(array_types, args, kwargs):
                 target = self.target(function, args, kwargs)  # data affinity applies
+            elif auto_kernel(function, self.auto):
+                auto.append(position)
+                continue
             else:
                 target = by_function.get(id(function))
                 if target is None:
                     target = by_function[id(function)] = self.target(function, (), {})
             groups.setdefault(target, []).append(position)
-        return groups
+        if auto:
+            self._place_auto(items, auto, groups, ledger)
+        return {t: sorted(p) for t, p in groups.items()} if auto and groups else groups
+
+    def _place_auto(self, items, positions, groups, ledger):
+        """Add the calls at ``positions`` (of auto kernels) to ``groups``, where the cost
+        model expects each to finish first."""
+        if self.placer is None:
+            from ._model_store import get_model
+
+            self.placer = AutoPlacer(get_model(), self._slots)
+        chosen, entries = self.placer.place([items[p] for p in positions], self._candidates)
+        for index, device, key in chosen:
+            # a part per kernel and footprint: the workers' measurements of it are its own
+            target = (self._target_of(device, items[positions[index]][0]), *key)
+            groups.setdefault(target, []).append(positions[index])
+            if ledger is not None and (device.id, *key) in entries:
+                ledger[target] = (device.id, entries.pop((device.id, *key)))
+
+    def settle(self, entry):
+        """A part placed by the cost model is done (``entry`` from ``split``'s ledger)."""
+        device_id, queued = entry
+        self.placer.settle(device_id, queued)
+
+    def observe(self, device, items, n_calls, seconds):
+        """A worker ran ``items`` (among ``n_calls`` calls) on ``device`` in ``seconds``:
+        a sample of each auto kernel and footprint among them."""
+        if not n_calls or self.placer is None:
+            return
+        keys = set()
+        for function, args, kwargs in items:
+            if not auto_kernel(function, self.auto):
+                return  # a part of other calls too: its time is not this kernel's
+            keys.add((kernel_key(function), footprint(args, kwargs)))
+            if len(keys) > 1:
+                return  # (parts of several kernels or sizes, run together: the same)
+        if keys:
+            (kernel, bucket), = keys
+            self.placer.model.record(kernel, device_model(device), bucket, seconds / n_calls)
+
+    def _candidates(self, function):
+        """The devices an auto kernel's calls may use: allowed, not lost, able to run it."""
+        allowed = self._allowed_for(function) or self.devices
+        found = tuple(d for d in allowed if d.id not in self.lost
+                      and (function.has_gpu if d.is_gpu else function.has_cpu))
+        if not found:
+            self.route(function, (), {})  # raises the capability rule's error
+        return found
+
+    def _slots(self, device):
+        return 1 if device.is_gpu else self.cpu_slots
+
+    def _target_of(self, device, function):
+        """The target of a call of ``function`` routed to ``device``."""
+        if device.is_gpu:
+            return device.id
+        if function is not None and type(function) is Kernel and function.nogil:
+            return CPU_THREADS
+        return self.cpu_route
 
     def target(self, function, args, kwargs):
         """Where one call runs: a GPU's id, or :data:`CPU_PROCESSES` / :data:`CPU_THREADS`."""

@@ -98,9 +98,12 @@ class GPUWorker(_QueueThread):
         cannot finish (its device is lost: ``error`` is the BrokenDeviceError; ``done``
         the results of its calls that completed) and completes its future; without it
         such tasks fail with their error.
+    observe : callable, optional
+        ``observe(calls, n_calls, seconds)``: told how long each group that completed
+        took (``calls`` an iterator over its calls), for the cost model.
     """
 
-    def __init__(self, device, execute, sizer, siblings=1, rescue=None):
+    def __init__(self, device, execute, sizer, siblings=1, rescue=None, observe=None):
         super().__init__(f"devicejoblib-{device.id}")
         self.device = device
         self.sizer = sizer
@@ -112,6 +115,7 @@ class GPUWorker(_QueueThread):
         self._epoch = 0  # bumped by an abort: a running group starts no more calls
         self._execute = execute
         self._rescue = rescue
+        self._observe = observe
         self.lost = None  # the BrokenDeviceError once the device is lost
         self._abandoned = []  # (thread, deadline or None) of calls left running by aborts
         self._queued = {}  # future -> calls, of tasks not started: what cancel_pending() cancels
@@ -264,6 +268,9 @@ class GPUWorker(_QueueThread):
         except BaseException as exc:  # handed to the caller through the futures
             results, launches = [Failure(exc)] * len(group), []
         seconds = time.perf_counter() - start
+        if self._observe is not None and not any(isinstance(r, Failure) for r in results):
+            self._observe((call for task, _, _ in group for call in task.items), n_calls,
+                          seconds)
         # fused launches say how the launch size pays; without any, the whole batch does
         for calls, launch_seconds in launches or [(n_calls, elapsed())]:
             self.sizer.record(calls, launch_seconds)

@@ -1,0 +1,212 @@
+"""Where the placement model is kept between processes: a JSON file under the user's
+cache folder (platformdirs), one section per host, written atomically under a lock so
+that several processes at once never corrupt it. A file that cannot be read, or of
+another format or version, is a warning and a fresh start, never a crash.
+
+``DEVICEJOBLIB_MODEL_PATH`` relocates it, or turns it off (``off``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import tempfile
+import threading
+from pathlib import Path
+
+from ._placement import CostModel, History, bucket_size, device_model
+from ._utils import format_bytes, warn_once
+
+MODEL_PATH_ENV = "DEVICEJOBLIB_MODEL_PATH"
+FORMAT, VERSION = "devicejoblib placement model", 1
+_SEP = "\x1f"  # between the parts of a key (names may hold any printable character)
+
+_models = {}  # path (or None: off) -> the CostModel this process uses
+_lock = threading.Lock()
+
+
+def model_path():
+    """The model file's path, or None when ``DEVICEJOBLIB_MODEL_PATH=off``."""
+    raw = os.environ.get(MODEL_PATH_ENV)
+    if raw is not None and raw.strip().lower() in ("off", "none", "0", "false"):
+        return None
+    if raw:
+        return Path(raw).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("devicejoblib")) / "placement-model.json"
+
+
+def host_key():
+    """The section of the file this machine's measurements go to."""
+    return platform.node() or "unknown-host"
+
+
+def get_model():
+    """The process's cost model, loaded from the model file on first use."""
+    path = model_path()
+    with _lock:
+        model = _models.get(path)
+        if model is None:
+            model = _models[path] = CostModel()
+            if path is not None:
+                _merge_into(model, _read(path).get(host_key(), {}), overwrite=True)
+    return model
+
+
+def save(model=None):
+    """Write what this process learnt since it loaded the file (merged with what other
+    processes wrote meanwhile); nothing when nothing changed or the model is off."""
+    path = model_path()
+    model = model or get_model()
+    if path is None or not model.dirty:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(path):
+        hosts = _read(path, quiet=True)
+        section = hosts.setdefault(host_key(), {"history": {}, "launch_sizes": {}})
+        with model._lock:
+            dirty, model.dirty = model.dirty, set()
+            for key in dirty:
+                if key[0] == "history":
+                    _, kernel, device, bucket = key
+                    history = model.histories[(kernel, device)][bucket]
+                    section["history"][_SEP.join((kernel, device, str(bucket)))] = {
+                        "seen": history.seen, "samples": history.samples}
+                else:
+                    _, device, kernel = key
+                    section["launch_sizes"][_SEP.join((device, kernel))] = \
+                        model.launch_sizes[(device, kernel)]
+        _write(path, {"format": FORMAT, "version": VERSION, "hosts": hosts})
+
+
+def learnt_launch_size(device, kernels):
+    """The launch size a GPU of ``device``'s model settled on for ``kernels`` (names) in
+    an earlier process (the smallest, if several), or None."""
+    model = get_model()
+    sizes = [model.launch_size(device_model(device), k) for k in kernels]
+    sizes = [s for s in sizes if s]
+    return min(sizes) if sizes else None
+
+
+def remember_launch_sizes(sizers):
+    """Keep the launch sizes GPUs settled on (per kernel they fused), and save what this
+    process learnt; an unwritable model file is a warning."""
+    settled = [s for s in sizers if s.settled and s.kernels and s.learnt_here]
+    model = _models.get(model_path())
+    if model is None and not settled:
+        return  # nothing loaded, nothing learnt
+    model = model or get_model()
+    for sizer in settled:
+        for kernel in sizer.kernels:
+            model.set_launch_size(device_model(sizer.device), kernel, sizer.size)
+    try:
+        save(model)
+    except OSError as exc:
+        warn_once(f"the placement model could not be saved to {model_path()} "
+                  f"({type(exc).__name__}: {exc}): set {MODEL_PATH_ENV} to a writable "
+                  "file, or to off", RuntimeWarning)
+
+
+def reset():
+    """Delete the model file and forget the loaded model; the path, or None if off."""
+    path = model_path()
+    with _lock:
+        _models.pop(path, None)
+    if path is not None:
+        with _file_lock(path), contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return path
+
+
+def describe():
+    """This host's section of the model file, as rows for ``devicejoblib model show``."""
+    path = model_path()
+    section = _read(path).get(host_key(), {}) if path is not None else {}
+    model = CostModel()
+    _merge_into(model, section, overwrite=True)
+    rows = []
+    for (kernel, device), buckets in sorted(model.histories.items()):
+        for bucket, history in sorted(buckets.items()):
+            seconds, how = model.predict(kernel, device, bucket)
+            rows.append({"kernel": kernel, "device": device, "bucket": bucket,
+                         "size": format_bytes(int(bucket_size(bucket))),
+                         "samples": len(history.samples), "seconds_per_call": seconds,
+                         "how": how})
+    sizes = [{"device": device, "kernel": kernel, "launch_size": size}
+             for (device, kernel), size in sorted(model.launch_sizes.items())]
+    return {"path": str(path) if path else None, "host": host_key(), "histories": rows,
+            "launch_sizes": sizes}
+
+
+def _merge_into(model, section, overwrite):
+    try:
+        for key, entry in section.get("history", {}).items():
+            kernel, device, bucket = key.split(_SEP)
+            buckets = model.histories.setdefault((kernel, device), {})
+            if overwrite or int(bucket) not in buckets:
+                buckets[int(bucket)] = History(
+                    [float(s) for s in entry["samples"]], int(entry["seen"]))
+        for key, size in section.get("launch_sizes", {}).items():
+            device, kernel = key.split(_SEP)
+            model.launch_sizes[(device, kernel)] = int(size)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        warn_once(f"the placement model file {model_path()} holds an entry this version "
+                  f"cannot read ({type(exc).__name__}: {exc}): placement starts afresh",
+                  RuntimeWarning)
+        model.histories.clear()
+        model.launch_sizes.clear()
+
+
+def _read(path, quiet=False):
+    """The file's hosts, or ``{}`` (with a warning) when it is missing, unreadable or
+    of another format or version."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        why = f"unreadable ({type(exc).__name__}: {exc})"
+    else:
+        if isinstance(data, dict) and data.get("format") == FORMAT \
+                and data.get("version") == VERSION and isinstance(data.get("hosts"), dict):
+            return data["hosts"]
+        why = "of another format or version"
+    if not quiet:
+        warn_once(f"the placement model file {path} is {why}: placement starts afresh "
+                  "(it is rewritten when this process has learnt something; `devicejoblib "
+                  "model reset` deletes it)", RuntimeWarning)
+    return {}
+
+
+def _write(path, data):
+    """Write ``data`` to ``path`` atomically: a temporary file beside it, then a rename."""
+    fd, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+@contextlib.contextmanager
+def _file_lock(path):
+    """Hold an exclusive lock on ``path``'s lock file (POSIX; elsewhere the atomic
+    rename alone protects the file, and a concurrent update may be lost)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

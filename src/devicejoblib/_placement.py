@@ -1,0 +1,265 @@
+"""Learned placement (``placement="auto"``): each kernel call goes to the device where it
+is expected to finish first, by a cost model learnt from the workers' measurements.
+
+In the manner of StarPU's ``dmda`` scheduler: for every device placement allows, the
+expected finish of a call is the time that device's queue frees up (the predicted time
+of the calls routed there and not done, over its parallel workers) plus moving the call's
+arguments there plus its predicted run time. Predictions come from a history per
+(kernel, footprint, device model): the footprint buckets the size of a call's work as
+its arguments show it (array bytes, integer counts), the run time per call is what the
+workers measure (a fused launch or a batch, divided by its calls). Until a history has
+:data:`CALIBRATION` samples, calls are sent there on purpose to measure it (the first
+sample of each history, compilation and warm-up, is dropped; the median of the last
+:data:`KEEP` samples predicts, so outliers do not poison it); footprints never seen are
+predicted from the calibrated ones by a regression of log time on log size.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+
+import numpy as np
+
+from ._kernels import Kernel
+from ._utils import format_bytes
+
+#: Samples a (kernel, footprint, device model) needs before its prediction is trusted
+#: (StarPU asks 10; a sample here is a whole launch or batch, each of many calls).
+CALIBRATION = 5
+#: Samples kept per history: the median of these is the prediction.
+KEEP = 32
+#: Footprint buckets per doubling of a call's size.
+BUCKETS_PER_OCTAVE = 2
+
+#: Why a call went where it did, as ``explain()`` shows it.
+FASTEST, CALIBRATING, ONLY_ONE = "expected to finish first", "calibrating", "only choice"
+
+
+def footprint(args, kwargs):
+    """The bucket of a call's size: the bytes of its array arguments plus 8 bytes per
+    unit of its integer arguments (a step count, a length), in half octaves."""
+    size = 0
+    for value in (*args, *kwargs.values()):
+        if hasattr(value, "nbytes") and hasattr(value, "shape"):
+            size += int(value.nbytes)
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            size += 8 * abs(int(value))
+        elif isinstance(value, (list, tuple)):
+            size += 8 * len(value)
+    return round(math.log2(size + 1) * BUCKETS_PER_OCTAVE)
+
+
+def bucket_size(bucket):
+    """The size a footprint bucket stands for."""
+    return 2 ** (bucket / BUCKETS_PER_OCTAVE)
+
+
+def kernel_key(kernel):
+    """The name a kernel's histories are kept under (the same in every process)."""
+    return kernel.resident_key
+
+
+def device_model(device):
+    """The name a device's histories are kept under: its kind and model."""
+    return f"{device.kind}:{device.name}"
+
+
+class History:
+    """The measured seconds per call of one (kernel, footprint, device model)."""
+
+    __slots__ = ("samples", "seen")
+
+    def __init__(self, samples=(), seen=0):
+        self.samples = list(samples)[-KEEP:]
+        self.seen = max(seen, len(self.samples))
+
+    def add(self, seconds):
+        self.seen += 1
+        if self.seen == 1:
+            return  # the first: compilation, caches, warm-up
+        self.samples.append(seconds)
+        del self.samples[:-KEEP]
+
+    @property
+    def median(self):
+        return float(np.median(self.samples)) if self.samples else None
+
+
+class CostModel:
+    """Run-time histories per (kernel, device model, footprint), and each device model's
+    settled launch size per kernel; shared by every backend of a process (and saved
+    between processes by :mod:`devicejoblib._model_store`)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.histories = {}  # (kernel, device model) -> {bucket: History}
+        self.launch_sizes = {}  # (device model, kernel) -> calls per fused launch
+        self.dirty = set()  # keys of histories and launch sizes changed since the load
+        self.explored = 0  # calls sent to a device on purpose, to measure it
+
+    def record(self, kernel, model, bucket, seconds_per_call):
+        with self._lock:
+            buckets = self.histories.setdefault((kernel, model), {})
+            buckets.setdefault(bucket, History()).add(seconds_per_call)
+            self.dirty.add(("history", kernel, model, bucket))
+
+    def samples(self, kernel, model, bucket):
+        with self._lock:
+            history = self.histories.get((kernel, model), {}).get(bucket)
+            return len(history.samples) if history is not None else 0
+
+    def predict(self, kernel, model, bucket):
+        """``(seconds per call or None, how)``: how is ``"measured"`` (a calibrated
+        history), ``"regression"`` (from calibrated neighbours), ``"few samples"`` or
+        ``"unknown"``; the first two are trusted."""
+        with self._lock:  # (workers record meanwhile)
+            buckets = self.histories.get((kernel, model), {})
+            history = buckets.get(bucket)
+            if history is not None and len(history.samples) >= CALIBRATION:
+                return history.median, "measured"
+            known = [(b, h.median) for b, h in buckets.items()
+                     if len(h.samples) >= CALIBRATION]
+            few = history.median if history is not None and history.samples else None
+        if len(known) >= 2:
+            x = np.log([bucket_size(b) for b, _ in known])
+            y = np.log([max(t, 1e-9) for _, t in known])
+            slope, intercept = np.polyfit(x, y, 1)
+            return float(np.exp(intercept + slope * math.log(bucket_size(bucket)))), \
+                "regression"
+        if few is not None:
+            return few, "few samples"
+        return None, "unknown"
+
+    def launch_size(self, model, kernel):
+        return self.launch_sizes.get((model, kernel))
+
+    def set_launch_size(self, model, kernel, size):
+        with self._lock:
+            if self.launch_sizes.get((model, kernel)) != size:
+                self.launch_sizes[(model, kernel)] = size
+                self.dirty.add(("launch", model, kernel))
+
+
+class AutoPlacer:
+    """Chooses a device for each call of an ``auto`` kernel and keeps what is queued.
+
+    Parameters
+    ----------
+    model : CostModel
+    slots : callable
+        ``slots(device)``: how many calls the device runs at once (CPU workers; 1 for
+        a GPU).
+    """
+
+    def __init__(self, model, slots):
+        self.model = model
+        self._slots = slots
+        self._lock = threading.Lock()
+        self.pending = collections.defaultdict(float)  # device id -> predicted seconds
+        self._exploring = set()  # (kernel, bucket, device id) measured by a part in flight
+        self.decisions = collections.Counter()  # (kernel, bucket, device id, why) -> calls
+
+    def place(self, items, candidates_of):
+        """Devices for the calls ``items`` (``(kernel, args, kwargs)``, all auto):
+        ``([(position, device, (kernel name, footprint))], ledger)``; the ledger
+        (``(device id, kernel name, footprint)`` -> ``(seconds, exploring keys)``) goes
+        back to :meth:`settle` when each such part is done.
+
+        ``candidates_of(kernel)`` gives the devices a kernel's calls may use.
+        """
+        groups = {}
+        for position, (function, args, kwargs) in enumerate(items):
+            key = (kernel_key(function), footprint(args, kwargs))
+            groups.setdefault(key, (function, []))[1].append(position)
+        chosen, ledger = [], {}
+        with self._lock:
+            for (kernel, bucket), (function, positions) in groups.items():
+                candidates = candidates_of(function)
+                device = self._to_explore(kernel, bucket, candidates)
+                if device is not None:  # the whole group measures that device
+                    self._exploring.add((kernel, bucket, device.id))
+                    self.model.explored += len(positions)
+                    ledger[(device.id, kernel, bucket)] = (0.0, ((kernel, bucket, device.id),))
+                    self.decisions[(kernel, bucket, device.id, CALIBRATING)] += len(positions)
+                    chosen.extend((p, device, (kernel, bucket)) for p in positions)
+                    continue
+                predictions = {d.id: self._predicted(kernel, bucket, d) for d in candidates}
+                why = ONLY_ONE if len(candidates) == 1 else FASTEST
+                for position in positions:
+                    device = min(candidates, key=lambda d: self._finish(d, predictions[d.id]))
+                    seconds = predictions[device.id]
+                    self.pending[device.id] += seconds
+                    spent, marks = ledger.get((device.id, kernel, bucket), (0.0, ()))
+                    ledger[(device.id, kernel, bucket)] = (spent + seconds, marks)
+                    self.decisions[(kernel, bucket, device.id, why)] += 1
+                    chosen.append((position, device, (kernel, bucket)))
+        return chosen, ledger
+
+    def settle(self, device_id, entry):
+        """The part that ``ledger[device_id]`` accounted for is done."""
+        seconds, marks = entry
+        with self._lock:
+            self.pending[device_id] = max(self.pending[device_id] - seconds, 0.0)
+            self._exploring.difference_update(marks)
+
+    def _to_explore(self, kernel, bucket, candidates):
+        """An uncalibrated device with no measuring part in flight, or None."""
+        if len(candidates) < 2:
+            return None
+        for device in sorted(candidates, key=lambda d: self.model.samples(
+                kernel, device_model(d), bucket)):
+            if (kernel, bucket, device.id) in self._exploring:
+                continue
+            _, how = self.model.predict(kernel, device_model(device), bucket)
+            if how not in ("measured", "regression"):
+                return device
+        return None
+
+    def _predicted(self, kernel, bucket, device):
+        seconds, _ = self.model.predict(kernel, device_model(device), bucket)
+        return 0.0 if seconds is None else seconds
+
+    def _finish(self, device, seconds):
+        return self.pending[device.id] / max(self._slots(device), 1) + seconds
+
+    def calls_per_device(self):
+        """``{device id: {"auto_calls": n, "calibrating_calls": m}}``: calls placed
+        there, and how many of those were sent to measure it."""
+        out = {}
+        for (_, _, device_id, why), calls in self.decisions.items():
+            row = out.setdefault(device_id, {"auto_calls": 0, "calibrating_calls": 0})
+            row["auto_calls"] += calls
+            if why == CALIBRATING:
+                row["calibrating_calls"] += calls
+        return out
+
+    def explain(self):
+        """Per kernel and footprint: the prediction on each device model (seconds per
+        call, samples, how) and where calls went, and why."""
+        lines, seen = [], sorted({(k, b) for k, b, _, _ in self.decisions})
+        for kernel, bucket in seen:
+            lines.append(f"{kernel}, size ~{format_bytes(int(bucket_size(bucket)))}:")
+            models = {m for (k, m) in self.model.histories if k == kernel}
+            for model in sorted(models):
+                seconds, how = self.model.predict(kernel, model, bucket)
+                shown = "no estimate" if seconds is None else f"{seconds * 1e6:.1f} us/call"
+                lines.append(f"  {model}: {shown} ({how}, "
+                             f"{self.model.samples(kernel, model, bucket)} samples)")
+            for (k, b, device_id, why), calls in sorted(self.decisions.items()):
+                if (k, b) == (kernel, bucket):
+                    lines.append(f"  -> {device_id}: {calls} calls ({why})")
+        return "\n".join(lines)
+
+
+def is_auto(placement):
+    """Whether a placement asks for learned placement."""
+    return isinstance(placement, str) and placement.strip().lower() == "auto"
+
+
+def auto_kernel(function, backend_auto):
+    """Whether calls of ``function`` are placed by the cost model."""
+    if type(function) is not Kernel:
+        return False
+    return is_auto(function.placement) or (backend_auto and function.placement is None)

@@ -1,0 +1,214 @@
+"""Learned placement (placement="auto") on simulated GPUs, with a kernel whose cost per
+device is built in: 10 us per unit on the CPU; 2 ms plus 0.1 us per unit on a GPU. Small
+calls must end on the CPU, large ones on the GPUs."""
+
+import collections
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import devicejoblib
+from device_kernels import locate, modelled
+from devicejoblib import DeviceBackend, Parallel, delayed, simulate_gpus
+from devicejoblib._cli import main as cli
+
+pytestmark = pytest.mark.skipif(not devicejoblib.USE_JOBLIB, reason="needs joblib")
+
+SMALL, LARGE = 10, 10_000  # CPU 0.1 ms / GPU 2 ms; CPU 100 ms / GPU 3 ms
+
+
+def run_round(backend, sizes=(SMALL, LARGE), repeat=40):
+    """Kinds of device each size ran on: {(size, "cpu" or "cuda"): calls}."""
+    out = Parallel(n_jobs=2, backend=backend)(
+        delayed(modelled)(n) for n in list(sizes) * repeat)
+    assert [n for n, _ in out] == list(sizes) * repeat
+    return collections.Counter((n, device.split(":")[0]) for n, device in out)
+
+
+def calibrate(backend, rounds=10):
+    """Run rounds until one sends no call to a device only to measure it."""
+    for _ in range(rounds):
+        before = calibrating(backend)
+        run_round(backend)
+        if calibrating(backend) == before:
+            return
+    raise AssertionError(f"still calibrating after {rounds} rounds")
+
+
+def calibrating(backend):
+    return sum(row.get("calibrating_calls", 0) for row in backend.report().values())
+
+
+@pytest.fixture
+def two_gpus():
+    with simulate_gpus(2):
+        yield
+
+
+def test_auto_sends_small_calls_to_the_cpu_and_large_ones_to_gpus(two_gpus):
+    backend = DeviceBackend(placement="auto", cpu_backend="threading")
+    first = run_round(backend)
+    assert first[(SMALL, "cuda")] > 0 and first[(LARGE, "cpu")] > 0  # calibration
+    calibrate(backend)
+    explored = calibrating(backend)
+    assert run_round(backend) == {(SMALL, "cpu"): 40, (LARGE, "cuda"): 40}
+    assert calibrating(backend) == explored  # calibrated: no more calls sent to measure
+
+
+def test_unseen_sizes_are_predicted_from_neighbours_not_explored(two_gpus):
+    backend = DeviceBackend(placement="auto", cpu_backend="threading")
+    calibrate(backend)
+    explored = calibrating(backend)
+    # sizes never seen: the regression on size predicts them on each device
+    assert run_round(backend, sizes=(20, 3000), repeat=20) == {(20, "cpu"): 20,
+                                                               (3000, "cuda"): 20}
+    assert calibrating(backend) == explored
+
+
+def test_explain_says_what_was_predicted_and_why_calls_went_where(two_gpus):
+    backend = DeviceBackend(placement="auto", cpu_backend="threading")
+    assert "no call was placed 'auto'" in backend.explain()
+    calibrate(backend)
+    text = backend.explain()
+    assert "device_kernels.modelled, size ~" in text
+    assert "cuda:simulated GPU:" in text and "us/call (measured, " in text
+    assert "(calibrating)" in text and "(expected to finish first)" in text
+
+
+def test_only_kernels_placed_auto_are_placed_by_the_model(two_gpus):
+    backend = DeviceBackend(cpu_backend="threading")  # capability for the others
+    calls = [delayed(modelled.on("auto"))(SMALL), delayed(locate)(0)] * 10
+    for _ in range(10):  # until calibrated
+        before = calibrating(backend)
+        out = Parallel(n_jobs=2, backend=backend)(calls)
+        if calibrating(backend) == before:
+            break
+    assert {device.split(":")[0] for n, device in out[0::2]} == {"cpu"}, backend.explain()
+    assert {device.split(":")[0] for _, device, *_ in out[1::2]} == {"cuda"}  # capability
+
+
+def test_explicit_placement_keeps_its_precedence_over_auto(two_gpus):
+    backend = DeviceBackend(placement="auto", cpu_backend="threading")
+    out = Parallel(n_jobs=2, backend=backend)(
+        delayed(modelled.on("cuda:1"))(SMALL) for _ in range(10))
+    assert {device for _, device in out} == {"cuda:1"}
+
+
+PROCESS = """
+import collections, json
+from devicejoblib import DeviceBackend, Parallel, delayed, simulate_gpus
+from device_kernels import modelled
+with simulate_gpus(2):
+    backend = DeviceBackend(placement="auto", cpu_backend="threading")
+    count = lambda: sum(r.get("calibrating_calls", 0) for r in backend.report().values())
+    for _ in range({rounds}):  # until a round sends no call only to measure a device
+        before = count()
+        out = Parallel(n_jobs=2, backend=backend)(
+            delayed(modelled)(n) for n in [10, 10000] * 40)
+        if count() == before:
+            break
+    print(json.dumps({"calibrating": count(),
+                      "placed": sorted({(n, d.split(":")[0]) for n, d in out})}))
+"""
+
+
+def test_a_second_process_reuses_the_model_without_exploring(run_python):
+    first = run_python(PROCESS.replace("{rounds}", "10"), json_out=True)
+    assert first["calibrating"] > 0
+    second = run_python(PROCESS.replace("{rounds}", "1"), json_out=True)
+    assert second["calibrating"] == 0
+    assert second["placed"] == [[10, "cpu"], [10000, "cuda"]]
+
+
+def test_a_corrupt_model_file_is_a_warning_and_a_fresh_start(two_gpus, fresh_warnings):
+    path = devicejoblib._model_store.model_path()
+    path.write_text("{ not json")
+    with pytest.warns(RuntimeWarning, match=r"placement model file .* is unreadable"):
+        counts = run_round(DeviceBackend(placement="auto", cpu_backend="threading"))
+    assert sum(counts.values()) == 80
+    assert json.loads(path.read_text())["format"] == "devicejoblib placement model"
+
+
+def test_a_model_file_of_another_version_is_a_fresh_start(two_gpus, fresh_warnings):
+    path = devicejoblib._model_store.model_path()
+    path.write_text(json.dumps({"format": "devicejoblib placement model", "version": 99,
+                                "hosts": {}}))
+    with pytest.warns(RuntimeWarning, match="of another format or version"):
+        run_round(DeviceBackend(placement="auto", cpu_backend="threading"), repeat=5)
+    assert json.loads(path.read_text())["version"] == 1
+
+
+WRITER = """
+import sys
+from devicejoblib import _model_store
+model = _model_store.get_model()
+for i in range(30):
+    model.record(f"writer{sys.argv[1]}", "cpu:test", i % 4, 0.001 * i)
+    _model_store.save(model)
+"""
+
+
+def test_concurrent_writers_do_not_corrupt_the_model(tmp_path):
+    env = {**os.environ, "DEVICEJOBLIB_MODEL_PATH": str(tmp_path / "shared.json")}
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(i)], env=env)
+               for i in range(4)]
+    assert [w.wait(timeout=120) for w in writers] == [0] * 4
+    data = json.loads((tmp_path / "shared.json").read_text())
+    (section,) = data["hosts"].values()
+    kernels = {key.split("\x1f")[0] for key in section["history"]}
+    assert kernels == {f"writer{i}" for i in range(4)}  # nobody's updates were lost
+
+
+def test_the_model_can_be_turned_off(two_gpus, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("DEVICEJOBLIB_MODEL_PATH", "off")
+    for _ in range(2):
+        run_round(DeviceBackend(placement="auto", cpu_backend="threading"), repeat=5)
+    assert not list(tmp_path.iterdir())
+    assert cli(["model", "path"]) == 0
+    assert "off" in capsys.readouterr().out
+
+
+def test_model_command_shows_resets_and_locates_the_model(two_gpus, capsys):
+    calibrate(DeviceBackend(placement="auto", cpu_backend="threading"))
+    path = devicejoblib._model_store.model_path()
+    assert cli(["model", "path"]) == 0
+    assert capsys.readouterr().out.strip() == str(path)
+    assert cli(["model", "show"]) == 0
+    shown = capsys.readouterr().out
+    assert f"placement model {path}" in shown
+    assert "device_kernels.modelled on cuda:simulated GPU, size ~" in shown
+    assert cli(["model", "show", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["histories"]
+    assert {row["device"] for row in rows} >= {"cuda:simulated GPU"}
+    assert cli(["model", "reset"]) == 0
+    assert not path.exists()
+    assert cli(["model", "show"]) == 0
+    assert "nothing learnt yet" in capsys.readouterr().out
+
+
+FUSING = """
+import json
+from devicejoblib import DeviceBackend, Parallel, delayed, simulate_gpus
+import device_kernels as dk
+with simulate_gpus(1, launch_latency=2e-3):
+    backend = DeviceBackend(placement="gpu", max_batch_size=128)
+    Parallel(n_jobs=2, backend=backend)(
+        delayed(dk.logistic)(0.3, 3.2, steps=5) for _ in range({calls}))
+    row = backend.report()["cuda:0"]
+print(json.dumps([row["batch_size"], row["batch_policy"], dk.LAUNCHES[:3]]))
+"""
+
+
+def test_a_new_process_fuses_at_the_launch_size_learnt_before(run_python):
+    size, policy, _ = run_python(FUSING.format(calls=4000), json_out=True)
+    assert (size, policy) == (128, "settled")  # grown to max_batch_size
+    again, policy, _ = run_python(FUSING.format(calls=200), json_out=True)
+    assert (again, policy) == (size, "settled")  # from the first launch on
+
+
+def test_auto_with_a_cluster_is_refused():
+    with pytest.raises(ValueError, match="Invalid placement='auto' with client="):
+        DeviceBackend(client="default", placement="auto")
