@@ -184,6 +184,8 @@ def test_gpu_parts_fail_once_the_cluster_has_no_gpu_worker_left():
      r"Invalid client='tcp://127.0.0.1:1': expected a distributed.Client or 'default'"),
     (lambda c: DeviceBackend(client=c, devices="cpu"), ValueError,
      r"Invalid devices='cpu' with client="),
+    (lambda c: DeviceBackend(client=c, cpu_backend="threading"), ValueError,
+     r"Invalid cpu_backend='threading' with client="),
     (lambda c: DeviceBackend(client=c, keep_on_device=True), ValueError,
      r"Invalid keep_on_device=True with client="),
     (lambda c: DeviceBackend(client=c, wait_for_workers_timeout="1s"), ValueError,
@@ -219,3 +221,31 @@ def test_without_distributed_client_says_how_to_install_it(run_python):
             print(exc)
     """, block=("distributed",))
     assert "pip install 'devicejoblib[dask]'" in proc.stdout
+
+
+def test_a_cluster_without_workers_is_waited_for_at_the_call_not_at_the_backend():
+    with distributed.LocalCluster(n_workers=0, threads_per_worker=1, host="127.0.0.1",
+                                  dashboard_address="127.0.0.1:0",
+                                  silence_logs=logging.CRITICAL) as cluster, \
+            distributed.Client(cluster) as client:
+        start = time.monotonic()
+        backend = DeviceBackend(client=client, wait_for_workers_timeout=0)
+        assert time.monotonic() - start < 1  # making the backend waits for nothing
+        with pytest.raises(TimeoutError, match="has no worker after 0 s"):
+            Parallel(backend=backend)(delayed(plain)(i) for i in range(4))
+        cluster.adapt(minimum=0, maximum=1)  # a worker is started when a task waits
+        out = Parallel(backend=DeviceBackend(client=client, wait_for_workers_timeout=60))(
+            delayed(plain)(i) for i in range(4))
+    assert [i for i, _ in out] == list(range(4))
+
+
+def test_mixed_batches_keep_growing_their_cpu_parts():
+    calls = [delayed(locate)(i) if i % 2 else delayed(plain)(i) for i in range(2000)]
+    with local_cluster(cpu_workers=1, gpu_workers=1) as (_, client):
+        backend = DeviceBackend(client=client)
+        out = Parallel(backend=backend)(calls)
+        report = backend.report()
+    assert [r[0] for r in out] == list(range(2000))
+    cpu = [row for row in report.values() if row["device"] == "cpu"]
+    calls_per_task = sum(r["calls"] for r in cpu) / sum(r["batches"] for r in cpu)
+    assert calls_per_task > 4  # joblib's auto batching saw the CPU parts' rate

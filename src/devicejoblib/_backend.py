@@ -150,6 +150,11 @@ class DeviceBackend(ParallelBackendBase):
         if devices is not None:
             raise ValueError(f"Invalid devices={devices!r} with client=: a Dask cluster's "
                              "devices are its workers'; use placement= to choose kinds")
+        for name, value, default in (("cpu_backend", self.cpu_backend, "loky"),
+                                     ("n_cpu_jobs", self.n_cpu_jobs, None)):
+            if value != default:
+                raise ValueError(f"Invalid {name}={value!r} with client=: CPU calls run on "
+                                 "the cluster's workers, one per worker thread")
         if self.keep_on_device:
             raise ValueError("Invalid keep_on_device=True with client=: results of a Dask "
                              "cluster come back to this process as host arrays")
@@ -413,7 +418,7 @@ class DeviceBackend(ParallelBackendBase):
                                        target, ledger)
             try:
                 self._submit_part(target, sub_batch(batch, [items[i] for i in positions]),
-                                  part_done)
+                                  part_done, whole=len(items))
             except BaseException as exc:
                 self._failed(exc, part_done)
 
@@ -446,9 +451,11 @@ class DeviceBackend(ParallelBackendBase):
             self._callbacks.call(callback, future)
         return future
 
-    def _submit_part(self, target, batch, callback):
+    def _submit_part(self, target, batch, callback, whole=None):
+        """Submit the part ``batch`` (of a joblib batch of ``whole`` calls) to
+        ``target``'s workers; its Future."""
         if self.cluster is not None:
-            return self.cluster.submit(target, batch, callback)
+            return self.cluster.submit(target, batch, callback, whole)
         target = route_of(target)
         worker = self.workers.get(target)
         if worker is not None:
@@ -463,7 +470,7 @@ class DeviceBackend(ParallelBackendBase):
                 stats[0] += n_calls
                 stats[1] += 1
                 stats[2] += seconds
-            self.batching.cpu_batch_completed(n_calls, seconds)
+            self.batching.cpu_batch_completed(n_calls, seconds, whole)
             if callback is not None:
                 callback(future)
 

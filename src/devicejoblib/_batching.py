@@ -86,16 +86,20 @@ class BatchPolicy:
             return self.dispatch.compute(min(s.size for s in self.launch_sizers.values()))
         return self.cap(self.cpu.compute_batch_size())
 
-    def cpu_batch_completed(self, n_calls, seconds):
-        self.cpu.batch_completed(n_calls, seconds)
+    def cpu_batch_completed(self, n_calls, seconds, whole=None):
+        """A CPU part of ``n_calls`` took ``seconds``: joblib's auto batching learns the
+        time its whole batch (``whole`` calls) would have taken at that rate (it ignores
+        a batch of any other size than the one it chose)."""
+        whole = whole or n_calls
+        self.cpu.batch_completed(whole, seconds * whole / max(n_calls, 1))
 
-    def cluster_part_completed(self, gpu, n_calls, round_trip, seconds):
-        """A part of ``n_calls`` ran on a Dask worker: ``seconds`` there, ``round_trip``
-        from submission to result here."""
+    def cluster_part_completed(self, gpu, n_calls, round_trip, seconds, whole=None):
+        """A part of ``n_calls`` (of a joblib batch of ``whole``) ran on a Dask worker:
+        ``seconds`` there, ``round_trip`` from submission to result here."""
         if gpu:
             self.cluster.completed(n_calls, round_trip, seconds)
         else:  # joblib's auto batching, as with its dask backend
-            self.cpu_batch_completed(n_calls, round_trip)
+            self.cpu_batch_completed(n_calls, round_trip, whole)
 
 
 class GPUBatchSizer:

@@ -9,7 +9,9 @@ Imports ``distributed`` only when a backend is given a client.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import threading
 import time
 import uuid
@@ -85,6 +87,7 @@ class ClusterRouter:
 
     def __init__(self, cluster, placement=None):
         self.cluster = cluster
+        self.placement = placement
         self.default_kinds = spec_gpu_kinds(placement) if placement is not None else None
 
     def configure(self, *args, **kwargs):
@@ -125,6 +128,11 @@ class ClusterRouter:
                           key=("no GPU worker", function.__qualname__))
             return CPU_PART
         name = getattr(function, "__qualname__", repr(function))
+        if not gpu_allowed:
+            raise DeviceUnavailableError(
+                f"{name!r} cannot run where it is placed: it has a GPU implementation "
+                f"only and its placement ({pin if pin is not None else self.placement!r}) "
+                "allows no GPU")
         needs = "a GPU implementation only" if not has_cpu else "a placement on GPUs"
         raise DeviceUnavailableError(
             f"{name!r} cannot run on this Dask cluster: it has {needs} and "
@@ -165,20 +173,34 @@ class Cluster:
         self._in_flight = set()  # Dask futures not done yet
         self._plugin = None
         self.stats = {}  # (worker address, device id) -> [calls, parts, seconds]
-        self.refresh()
+        self._read(_workers_info(self.client))  # (a call waits for workers, not this)
 
     def refresh(self):
-        """Read the cluster's workers again (waiting for a first one)."""
+        """Read the cluster's workers again when a call starts. With none, wait up to
+        ``patience`` seconds for one, by a probe task (an adaptive cluster scales up
+        for it, as for joblib's dask backend), then fail."""
+        self._check_connected()
         workers = _workers_info(self.client)
-        if not workers and self.patience:
+        if not workers:
             try:
-                self.client.wait_for_workers(1, timeout=self.patience)
+                if not self.patience:
+                    raise TimeoutError("no worker")
+                self.client.submit(_probe, pure=False).result(timeout=self.patience)
             except Exception as exc:  # distributed's TimeoutError
-                raise TimeoutError(f"the Dask cluster at {self.client.scheduler.address} "
-                                   f"has no worker after {self.patience:g} s (raise "
+                raise TimeoutError(f"the Dask cluster at {self._address()} has no worker "
+                                   f"after {self.patience:g} s (raise "
                                    "wait_for_workers_timeout= to wait longer)") from exc
             workers = _workers_info(self.client)
         self._read(workers)
+
+    def _address(self):
+        return getattr(self.client.scheduler, "address", None) or "(unknown address)"
+
+    def _check_connected(self):
+        status = getattr(self.client, "status", "running")
+        if status != "running":
+            raise ClusterLostError(f"the Dask client is not connected to its scheduler at "
+                                   f"{self._address()} (status {status!r})")
 
     def _read(self, workers):
         self.addresses = tuple(workers)
@@ -194,9 +216,9 @@ class Cluster:
         joblib's sequential path, which would run the calls here)."""
         return max(self.threads, 2)
 
-    def submit(self, target, batch, on_done=None):
-        """Run the part ``batch`` on the cluster; a Future of its results, passed to
-        ``on_done`` once done."""
+    def submit(self, target, batch, on_done=None, whole=None):
+        """Run the part ``batch`` (of a joblib batch of ``whole`` calls) on the cluster;
+        a Future of its results, passed to ``on_done`` once done."""
         from . import _cluster_worker
 
         gpu = target == GPU_PART
@@ -219,10 +241,10 @@ class Cluster:
                                                  name="devicejoblib-cluster-watch")
                 self._watcher.start()
         dask_future.add_done_callback(functools.partial(
-            self._done, future, on_done, gpu, len(batch), started))
+            self._done, future, on_done, gpu, len(batch), whole or len(batch), started))
         return future
 
-    def _done(self, future, on_done, gpu, n_calls, started, dask_future):
+    def _done(self, future, on_done, gpu, n_calls, whole, started, dask_future):
         round_trip = time.perf_counter() - started
         with self._lock:
             self._in_flight.discard(dask_future)
@@ -240,7 +262,8 @@ class Cluster:
                 stats[1] += 1
                 stats[2] += seconds
             if self.batching is not None:
-                self.batching.cluster_part_completed(gpu, n_calls, round_trip, seconds)
+                self.batching.cluster_part_completed(gpu, n_calls, round_trip, seconds,
+                                                     whole)
             future.set_result(results)
         del dask_future
         if on_done is not None:
@@ -253,7 +276,7 @@ class Cluster:
             ("distributed", "tornado"))
         if comm or (isinstance(exc, CancelledError) and status != "running"):
             lost = ClusterLostError(f"the connection to the Dask scheduler at "
-                                    f"{self.client.scheduler.address} was lost (client "
+                                    f"{self._address()} was lost (client "
                                     f"status {status!r}): calls in flight cannot complete")
             lost.__cause__ = exc
             return lost
@@ -323,6 +346,9 @@ class Cluster:
                     for (address, device), (calls, parts, seconds) in self.stats.items()}
 
 
+_releasing = set()  # unregistrations running on a client's event loop
+
+
 def release_runners(client, name):
     """Unregister the worker plugin ``name`` (its teardown stops the runners); quiet if
     the client or cluster is gone already."""
@@ -330,9 +356,17 @@ def release_runners(client, name):
         return
     try:
         if client.status == "running":
-            client.unregister_worker_plugin(name)
+            done = client.unregister_worker_plugin(name)
+            if inspect.isawaitable(done):  # collected on the client's event loop thread
+                task = asyncio.ensure_future(done)
+                _releasing.add(task)  # (the loop keeps only a weak reference to it)
+                task.add_done_callback(_releasing.discard)
     except Exception:  # at exit, or after the scheduler was lost: the workers are gone
         pass
+
+
+def _probe():
+    """A task that waits for a worker (and makes an adaptive cluster start one)."""
 
 
 def simulated_cluster(cpu_workers=1, gpu_workers=2, threads_per_worker=1, env=None,
