@@ -8,6 +8,7 @@ import collections
 import contextlib
 import difflib
 import functools
+import os
 import threading
 import time
 import weakref
@@ -26,15 +27,18 @@ from ._joblib_adapters import (
     ParallelBackendBase,
     active_backend,
     cpu_n_jobs,
+    known_total,
     make_loky,
     sequential_backend,
     sub_batch,
 )
 from ._kernels import ResidentHold
 from ._model_store import learnt_launch_size, remember_launch_sizes
-from ._placement import is_auto
+from ._placement import auto_kernel, is_auto
 from ._platforms import HOST
+from ._progress import Progress
 from ._routing import CPU_PROCESSES, CPU_THREADS, Router, route_of
+from ._trace import Trace, describe_part
 from ._utils import check_count, check_flag, check_n_jobs
 from ._workers import CallbackThread, GPUWorker
 
@@ -73,6 +77,12 @@ class DeviceBackend(ParallelBackendBase):
     wait_for_workers_timeout : float
         With ``client``: seconds to wait for a first worker, and for a GPU worker while
         GPU parts wait for one (then they fail), as joblib's dask backend's.
+    trace : str or path, optional
+        Write a timeline of the run there: Chrome trace-event JSON, which Perfetto and
+        chrome://tracing open (rewritten at the end of each ``Parallel`` call).
+    progress : bool
+        Show a progress bar of the calls done, per device (tqdm on a terminal, plain
+        text lines otherwise).
     """
 
     supports_retrieve_callback = True
@@ -83,8 +93,8 @@ class DeviceBackend(ParallelBackendBase):
 
     def __init__(self, devices=None, placement=None, cpu_backend="loky", n_cpu_jobs=None,
                  keep_on_device=False, max_batch_size=None, client=None, retries=0,
-                 wait_for_workers_timeout=10.0, nesting_level=None,
-                 inner_max_num_threads=None, **backend_kwargs):
+                 wait_for_workers_timeout=10.0, trace=None, progress=False,
+                 nesting_level=None, inner_max_num_threads=None, **backend_kwargs):
         super().__init__(nesting_level=nesting_level,
                          inner_max_num_threads=inner_max_num_threads, **backend_kwargs)
         if cpu_backend not in CPU_BACKENDS:
@@ -95,6 +105,11 @@ class DeviceBackend(ParallelBackendBase):
         self.cpu_backend = cpu_backend
         self.n_cpu_jobs = n_cpu_jobs
         self.keep_on_device = check_flag("keep_on_device", keep_on_device)
+        self.progress = check_flag("progress", progress)
+        self._progress = None  # the current call's bar
+        if trace is not None and not isinstance(trace, (str, os.PathLike)):
+            raise TypeError(f"Invalid trace={trace!r}: expected a file path or None")
+        self._trace = Trace(trace) if trace is not None else None
         self.batching = BatchPolicy(max_batch_size, nesting_level)
         self.workers = workers = {}
         self.cluster = None
@@ -118,7 +133,7 @@ class DeviceBackend(ParallelBackendBase):
             self.workers[device.id] = GPUWorker(
                 device, execute, sizer, self._per_platform[device.platform],
                 rescue=functools.partial(_rescue, weakref.ref(self), device.id),
-                observe=functools.partial(self.router.observe, device))
+                observe=functools.partial(_observed, self.router, self._trace, device))
         self.batching.learnt = learnt_launch_size
         self._host_limits = contextlib.ExitStack()
         self._cpu = {}  # CPU route -> (submit, shutdown, abort)
@@ -206,6 +221,8 @@ class DeviceBackend(ParallelBackendBase):
             return 1
         self.parallel = parallel
         self._loky_kwargs = kwargs
+        if self.progress:
+            self._progress = Progress()
         self.batching.start_call(parallel)
         self._limit_host_threads()
         return self.effective_n_jobs(n_jobs)
@@ -271,6 +288,11 @@ class DeviceBackend(ParallelBackendBase):
             shutdown()
         self._host_limits.close()
         remember_launch_sizes(self.batching.launch_sizers.values())
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        if self._trace is not None:
+            self._trace.write()
         self.batching.end_call()
         # Break the backend <-> Parallel cycle so that, once the caller drops both, the
         # backend is freed at once and its finalizer joins the GPU threads.
@@ -422,6 +444,30 @@ class DeviceBackend(ParallelBackendBase):
             except BaseException as exc:
                 self._failed(exc, part_done)
 
+    def _watched(self, target, batch, callback):
+        """``callback``, preceded by counting the part's calls in the progress bar and,
+        for CPU parts, a slice in the trace (GPU workers trace their own groups)."""
+        route, n_calls, start = route_of(target), len(batch), time.perf_counter()
+        progress, trace, parallel = self._progress, self._trace, self.parallel
+        items = batch.items if trace is not None and route not in self.workers else None
+
+        placed = "auto" if type(target) is tuple else "rule"
+
+        def watched(future):
+            if items is not None and not future.exception():
+                name, args = describe_part(items)
+                end = time.perf_counter()
+                # the worker's own time where it was measured, else from submission
+                seconds = getattr(future, "worker_seconds", None) or end - start
+                trace.slice(_CPU_TRACKS.get(route, route), name, end - seconds, seconds,
+                            placed=placed, **args)
+            if progress is not None:
+                progress.update(n_calls, route, known_total(parallel))
+            if callback is not None:
+                callback(future)
+
+        return watched
+
     def _settling(self, callback, target, ledger):
         """``callback``, preceded by settling what the part for ``target`` queued in the
         cost model's view (when calls of it were placed "auto")."""
@@ -454,6 +500,8 @@ class DeviceBackend(ParallelBackendBase):
     def _submit_part(self, target, batch, callback, whole=None):
         """Submit the part ``batch`` (of a joblib batch of ``whole`` calls) to
         ``target``'s workers; its Future."""
+        if self._progress is not None or self._trace is not None:
+            callback = self._watched(target, batch, callback)
         if self.cluster is not None:
             return self.cluster.submit(target, batch, callback, whole)
         target = route_of(target)
@@ -491,6 +539,7 @@ class DeviceBackend(ParallelBackendBase):
                 future.set_exception(exc)
             else:
                 self.router.observe(self.router.cpu, items, n_calls, seconds)
+                future.worker_seconds = seconds
                 future.set_result(results)
             cpu_done(future)
 
@@ -541,7 +590,8 @@ class DeviceBackend(ParallelBackendBase):
 
 
 _OWN_PARAMETERS = ("devices", "placement", "cpu_backend", "n_cpu_jobs", "keep_on_device",
-                   "max_batch_size", "client", "retries", "wait_for_workers_timeout")
+                   "max_batch_size", "client", "retries", "wait_for_workers_timeout", "trace",
+                   "progress")
 
 
 def _refuse_misspelt(backend_kwargs):
@@ -569,6 +619,21 @@ def _rescue(backend_ref, device_id, error, task, future, on_done, done=()):
         future.set_exception(exc)
         if on_done is not None:
             on_done(future)
+
+
+_CPU_TRACKS = {CPU_PROCESSES: "cpu (processes)", CPU_THREADS: "cpu (threads)"}
+
+
+def _observed(router, trace, device, calls, n_calls, seconds):
+    """A GPU worker's group of ``n_calls`` took ``seconds``: a slice in the trace, a
+    sample for the cost model."""
+    if trace is not None:
+        calls = list(calls)
+        name, args = describe_part(calls)
+        placed = "auto" if any(auto_kernel(f, router.auto) for f, _, _ in calls) else "rule"
+        trace.slice(str(device), name, time.perf_counter() - seconds, seconds,
+                    placed=placed, **args)
+    router.observe(device, calls, n_calls, seconds)
 
 
 def _backend_calling(frame):

@@ -28,6 +28,7 @@ __all__ = [
     "applied_config",
     "cpu_auto_batching",
     "cpu_n_jobs",
+    "known_total",
     "make_loky",
     "nested_config",
     "nested_config_key",
@@ -50,6 +51,14 @@ def sequential_backend(frame):
     if frame is None or frame.f_code is not _SEQUENTIAL_LOOP:
         return None
     return getattr(frame.f_locals.get("self"), "_backend", None)
+
+
+def known_total(parallel):
+    """The number of calls of a ``Parallel`` call once its input is exhausted, else
+    None."""
+    if parallel is None or getattr(parallel, "_original_iterator", True) is not None:
+        return None
+    return getattr(parallel, "n_dispatched_tasks", None)
 
 
 def cpu_n_jobs(n_jobs):

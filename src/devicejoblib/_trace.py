@@ -1,0 +1,77 @@
+"""A timeline of a run: Chrome trace-event JSON (Perfetto, chrome://tracing) with one
+track per GPU worker and per CPU route, and a slice per launch group or batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+class Trace:
+    """Slices recorded while a backend runs, written to ``path`` (rewritten whole at the
+    end of each ``Parallel`` call, atomically).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._origin = time.perf_counter()
+        self._events = []
+        self._tracks = {}  # track (lane) name -> thread id in the trace
+        self._ends = {}  # track -> when each of its lanes is free
+
+    def slice(self, track, name, start, seconds, **args):
+        """A slice on ``track`` from ``start`` (``time.perf_counter()``) for ``seconds``."""
+        with self._lock:
+            # slices of one track must not overlap: a busy track gets a lane beside it
+            # (several CPU workers behind one route)
+            lane, lanes = 0, self._ends.setdefault(track, [])
+            while lane < len(lanes) and lanes[lane] > start:
+                lane += 1
+            if lane == len(lanes):
+                lanes.append(0.0)
+            lanes[lane] = start + seconds
+            name_of_lane = track if lane == 0 else f"{track} #{lane + 1}"
+            tid = self._tracks.setdefault(name_of_lane, len(self._tracks) + 1)
+            self._events.append({"name": name, "cat": "devicejoblib", "ph": "X",
+                                 "ts": round((start - self._origin) * 1e6, 1),
+                                 "dur": round(seconds * 1e6, 1), "pid": os.getpid(),
+                                 "tid": tid, "args": args})
+
+    def write(self):
+        """Write the trace so far (a no-op before the first slice)."""
+        with self._lock:
+            if not self._events:
+                return
+            pid = os.getpid()
+            names = [{"name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
+                      "args": {"name": track}} for track, tid in self._tracks.items()]
+            names.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
+                          "args": {"name": "devicejoblib"}})
+            data = {"traceEvents": names + self._events, "displayTimeUnit": "ms"}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=self.path.name, suffix=".tmp",
+                                         dir=self.path.parent)
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out)
+        os.replace(temporary, self.path)
+
+
+def describe_part(items):
+    """``(slice name, args)`` of the calls of a part: kernels, calls and bytes."""
+    names, moved = {}, 0
+    for function, args, kwargs in items:
+        name = getattr(function, "__qualname__", None) or repr(function)
+        names[name] = names.get(name, 0) + 1
+        for value in (*args, *kwargs.values()):
+            moved += getattr(value, "nbytes", 0) if hasattr(value, "shape") else 0
+    return " + ".join(names), {"calls": sum(names.values()), "bytes": moved,
+                               "kernels": names}
