@@ -139,6 +139,7 @@ class DeviceBackend(ParallelBackendBase):
         self._cpu = {}  # CPU route -> (submit, shutdown, abort)
         self._cpu_stats = {CPU_PROCESSES: [0, 0, 0.0], CPU_THREADS: [0, 0, 0.0]}
         self._stats_lock = threading.Lock()
+        self._cpu_last_done = {}  # CPU route -> when its last timed batch was done
         self._cpu_jobs = 1
         self._callbacks = CallbackThread("devicejoblib-callbacks")
         self._accepting = True  # False once shut down, until the next configure()
@@ -444,6 +445,20 @@ class DeviceBackend(ParallelBackendBase):
             except BaseException as exc:
                 self._failed(exc, part_done)
 
+    def _cpu_service(self, route, started, seconds):
+        """The seconds a CPU batch (``seconds`` in its worker) cost its route, as the
+        cost model learns it: a worker's time per batch at the route's throughput —
+        its workers over the time between two batches done — which counts copying
+        arguments and results to worker processes and the caller's share of it; at
+        most the batch's round trip, at least the worker's own time."""
+        now = time.perf_counter()
+        with self._stats_lock:
+            previous, self._cpu_last_done[route] = self._cpu_last_done.get(route), now
+        service = now - started
+        if previous is not None:
+            service = min(service, self._cpu_jobs * (now - previous))
+        return max(service, seconds)
+
     def _watched(self, target, batch, callback):
         """``callback``, preceded by counting the part's calls in the progress bar and,
         for CPU parts, a slice in the trace (GPU workers trace their own groups)."""
@@ -522,14 +537,15 @@ class DeviceBackend(ParallelBackendBase):
             if callback is not None:
                 callback(future)
 
-        if has_batched_form(batch.items, HOST.runs):
+        items = batch.items
+        if has_batched_form(items, HOST.runs):
             batch = FusedCPUBatch(batch)
         if self.router.placer is None:
             future = submit(batch)
             future.add_done_callback(cpu_done)
             return future
         # measured in the worker, for the cost model: (results, seconds) come back
-        items, timed, future = batch.items, submit(TimedBatch(batch)), Future()
+        timed, future = submit(TimedBatch(batch)), Future()
         future.set_running_or_notify_cancel()
 
         def unwrap(done):
@@ -538,7 +554,8 @@ class DeviceBackend(ParallelBackendBase):
             except BaseException as exc:
                 future.set_exception(exc)
             else:
-                self.router.observe(self.router.cpu, items, n_calls, seconds)
+                self.router.observe(self.router.cpu, items, n_calls,
+                                    self._cpu_service(target, started, seconds))
                 future.worker_seconds = seconds
                 future.set_result(results)
             cpu_done(future)

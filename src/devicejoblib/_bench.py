@@ -1,19 +1,19 @@
 """``devicejoblib bench``: a reference workload over a range of problem sizes, run with
-each placement (CPU workers, GPU workers), timed side by side; a table, the CPU/GPU
+each placement (CPU workers, GPU workers, learned ``auto``), timed side by side, then a
+mixed workload (the smallest and largest sizes interleaved); a table, the CPU/GPU
 crossover, JSON results and a plot."""
 
 from __future__ import annotations
 
 import json
 import platform
-import sys
 import time
 from dataclasses import dataclass
 
 from ._devices import devices, simulate_gpus
 from ._version import __version__
 
-PLACEMENTS = ("cpu", "gpu")
+PLACEMENTS = ("cpu", "gpu", "auto")
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,17 @@ def run(args):
     with simulate_gpus.unless_real(args.simulate_gpus) as simulation:
         machine = devices()
         placements = PLACEMENTS if any(d.is_gpu for d in machine) else ("cpu",)
-        rows = _measure(workload, sizes, n_calls, placements, args)
+        points = [(size, placement) for size in sizes for placement in placements]
+        if len(placements) > 1 and len(sizes) > 1:  # small and large calls interleaved
+            points += [("mixed", placement) for placement in placements]
+        rows = _measure(workload, points, n_calls, args)
     results = {
         "devicejoblib": __version__, "python": platform.python_version(),
         "workload": workload.name, "size_means": workload.size_means, "calls": n_calls,
         "n_jobs": args.n_jobs, "devices": [d.to_dict() for d in machine],
-        "simulated_gpus": simulation.n, "rows": rows, "crossover": crossover(rows),
+        "simulated_gpus": simulation.n, "crossover": crossover(rows),
+        "rows": [r for r in rows if r["size"] != "mixed"],
+        "mixed": [r for r in rows if r["size"] == "mixed"],
     }
     print(format_table(results))
     if args.json:
@@ -105,15 +110,20 @@ def run(args):
     return results
 
 
-def _measure(workload, sizes, n_calls, placements, args):
+def _measure(workload, points, n_calls, args):
     from ._backend import DeviceBackend
+    from ._progress import Progress
     from ._safe_import import Parallel, delayed
 
-    points = [(size, placement) for size in sizes for placement in placements]
-    rows = []
-    for done, (size, placement) in enumerate(points):
-        _progress(done, len(points), f"{workload.name} size={size} {placement}")
-        calls = workload.make(size, n_calls)
+    sizes = sorted({size for size, _ in points if size != "mixed"})
+    rows, bar = [], Progress(desc=f"devicejoblib bench {workload.name}", unit="points")
+    for size, placement in points:
+        if size == "mixed":
+            small = workload.make(sizes[0], (n_calls + 1) // 2)
+            large = workload.make(sizes[-1], n_calls // 2)
+            calls = [c for pair in zip(small, large) for c in pair] + small[len(large):]
+        else:
+            calls = workload.make(size, n_calls)
         backend = DeviceBackend(placement=placement)
         with Parallel(n_jobs=args.n_jobs, backend=backend) as parallel:
             parallel(delayed(k)(*a) for k, a in calls[:max(len(calls) // 10, 1)])  # warm up
@@ -130,8 +140,8 @@ def _measure(workload, sizes, n_calls, placements, args):
         rows.append({"size": size, "placement": placement, "seconds": best,
                      "calls_per_second": n_calls / best, "ms_per_call": 1e3 * best / n_calls,
                      "ran_on": ran_on})
-    _progress(len(points), len(points), "done")
-    sys.stderr.write("\n")
+        bar.update(1, placement, total=len(points))
+    bar.close()
     cpu = {r["size"]: r["seconds"] for r in rows if r["placement"] == "cpu"}
     for r in rows:
         r["speedup_vs_cpu"] = cpu[r["size"]] / r["seconds"]
@@ -141,7 +151,8 @@ def _measure(workload, sizes, n_calls, placements, args):
 def crossover(rows):
     """The size from which the GPU placement stays faster, after a smaller size where the
     CPU was as fast or faster; None when one placement wins at every size."""
-    speedups = sorted((r["size"], r["speedup_vs_cpu"]) for r in rows if r["placement"] == "gpu")
+    speedups = sorted((r["size"], r["speedup_vs_cpu"]) for r in rows
+                      if r["placement"] == "gpu" and r["size"] != "mixed")
     for i, (size, _) in enumerate(speedups):
         if all(s > 1 for _, s in speedups[i:]):
             return size if i > 0 else None
@@ -174,13 +185,17 @@ def format_table(results):
          ", ".join(f"{d}: {n}" for d, n in r["ran_on"].items())
          + ("   <- crossover" if r["placement"] == "gpu"
             and r["size"] == results["crossover"] else ""))
-        for r in results["rows"]]
+        for r in results["rows"] + results.get("mixed", [])]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     lines.append("")
     lines += ["  ".join([*(cell.rjust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip()
               for row in table]
     if any(r["placement"] == "gpu" for r in results["rows"]):
         lines.append("\n" + _verdict(results["rows"], results["crossover"]))
+    if results.get("mixed"):
+        best = min(results["mixed"], key=lambda r: r["seconds"])
+        lines.append(f"mixed (sizes {results['rows'][0]['size']} and "
+                     f"{results['rows'][-1]['size']} interleaved): fastest {best['placement']}")
     return "\n".join(lines)
 
 
@@ -215,13 +230,6 @@ def plot(results, path):
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def _progress(done, total, label):
-    width = 30
-    filled = width * done // max(total, 1)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<40}")
-    sys.stderr.flush()
 
 
 def positive_integer(text):

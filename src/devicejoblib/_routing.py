@@ -20,7 +20,14 @@ from __future__ import annotations
 from ._devices import devices, parse_devices
 from ._errors import BrokenDeviceError, DeviceUnavailableError, InvalidDeviceError
 from ._kernels import Kernel
-from ._placement import AutoPlacer, auto_kernel, device_model, footprint, is_auto, kernel_key
+from ._placement import (
+    AutoPlacer,
+    auto_kernel,
+    device_model,
+    footprint,
+    is_auto,
+    kernel_key,
+)
 from ._platforms import device_array_types, home_of
 from ._utils import warn_once
 
