@@ -30,6 +30,10 @@ from ._utils import format_bytes
 CALIBRATION = 5
 #: Samples kept per history: the median of these is the prediction.
 KEEP = 32
+#: Seconds of predicted work above which a batch's calls of one kernel and footprint are
+#: spread over the devices call by call; below, they go to one device together (a part
+#: costs a dispatch: well under this).
+SPLIT_ABOVE = 0.02
 #: Footprint buckets per doubling of a call's size.
 BUCKETS_PER_OCTAVE = 2
 
@@ -185,16 +189,21 @@ class AutoPlacer:
                     self.decisions[(kernel, bucket, device.id, CALIBRATING)] += len(positions)
                     chosen.extend((p, device, (kernel, bucket)) for p in positions)
                     continue
-                predictions = {d.id: self._predicted(kernel, bucket, d) for d in candidates}
+                per_call = {d.id: self._predicted(kernel, bucket, d) for d in candidates}
                 why = ONLY_ONE if len(candidates) == 1 else FASTEST
-                for position in positions:
-                    device = min(candidates, key=lambda d: self._finish(d, predictions[d.id]))
-                    seconds = predictions[device.id]
+                # A group of little work stays whole: one part, run by one worker (split,
+                # each part would pay a dispatch and fuse less; batches in flight spread
+                # over the devices). A group of much work is spread call by call.
+                whole = len(positions) * min(per_call.values()) < SPLIT_ABOVE
+                for chunk in ([positions] if whole else [[p] for p in positions]):
+                    device = min(candidates, key=lambda d: self._finish(
+                        d, len(chunk) * per_call[d.id]))
+                    seconds = len(chunk) * per_call[device.id]
                     self.pending[device.id] += seconds
                     spent, marks = ledger.get((device.id, kernel, bucket), (0.0, ()))
                     ledger[(device.id, kernel, bucket)] = (spent + seconds, marks)
-                    self.decisions[(kernel, bucket, device.id, why)] += 1
-                    chosen.append((position, device, (kernel, bucket)))
+                    self.decisions[(kernel, bucket, device.id, why)] += len(chunk)
+                    chosen.extend((p, device, (kernel, bucket)) for p in chunk)
         return chosen, ledger
 
     def settle(self, device_id, entry):
@@ -222,6 +231,8 @@ class AutoPlacer:
         return 0.0 if seconds is None else seconds
 
     def _finish(self, device, seconds):
+        """When a part of ``seconds`` would finish on ``device``: after the work queued
+        there (shared by its parallel workers), run by one of them."""
         return self.pending[device.id] / max(self._slots(device), 1) + seconds
 
     def calls_per_device(self):
