@@ -78,11 +78,13 @@ def test_bench_writes_table_json_and_plot(tmp_path):
     assert header.split()[:5] == ["size", "placement", "calls/s", "ms/call", "vs"]
     results = json.loads(out_json.read_text())
     assert [(r["size"], r["placement"]) for r in results["rows"]] == [
-        (100, "cpu"), (100, "gpu"), (1000, "cpu"), (1000, "gpu")]
-    for row in results["rows"]:
+        (size, placement) for size in (100, 1000) for placement in ("cpu", "gpu", "auto")]
+    assert [r["placement"] for r in results["mixed"]] == ["cpu", "gpu", "auto"]
+    allowed = {"cpu": {"cpu"}, "gpu": {"cuda:0", "cuda:1"}, "auto": {"cpu", "cuda:0", "cuda:1"}}
+    for row in results["rows"] + results["mixed"]:
         assert sum(row["ran_on"].values()) == 20
-        assert set(row["ran_on"]) <= ({"cpu"} if row["placement"] == "cpu"
-                                      else {"cuda:0", "cuda:1"})
+        assert set(row["ran_on"]) <= allowed[row["placement"]]
+    assert "mixed (sizes 100 and 1000 interleaved): fastest" in proc.stdout
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,5 +1,6 @@
 """The timeline (trace=) and the progress bar (progress=True) of a run."""
 
+import itertools
 import json
 import re
 
@@ -38,7 +39,7 @@ def test_the_trace_has_a_track_per_worker_and_a_slice_per_launch_or_batch(tmp_pa
     for tid in tracks:  # a track's slices follow each other
         spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in slices if e["tid"] == tid)
         assert all(end <= next_start + 1 for (_, end), (next_start, _) in
-                   zip(spans, spans[1:]))
+                   itertools.pairwise(spans))
 
 
 def test_the_progress_bar_counts_calls_per_device(capsys):
