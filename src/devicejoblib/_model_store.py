@@ -34,8 +34,11 @@ def model_path():
         return None
     if raw:
         return Path(raw).expanduser()
-    import platformdirs
-
+    try:
+        import platformdirs
+    except ImportError:  # a dependency, but a bare image may lack it: the XDG default
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+        return folder / "devicejoblib" / "placement-model.json"
     return Path(platformdirs.user_cache_dir("devicejoblib")) / "placement-model.json"
 
 
