@@ -32,12 +32,12 @@ pytestmark = pytest.mark.skipif(not devicejoblib.USE_JOBLIB, reason="needs jobli
 
 
 @contextlib.contextmanager
-def local_cluster(cpu_workers=1, gpu_workers=2):
+def local_cluster(cpu_workers=1, gpu_workers=2, **kwargs):
     """A cluster of worker processes on 127.0.0.1 (see ``simulated_cluster``), and a
     client of it; the tests folder is on the workers' path."""
     path = os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))
     with devicejoblib.simulated_cluster(cpu_workers, gpu_workers, env={"PYTHONPATH": path},
-                                        silence_logs=logging.CRITICAL) as cluster, \
+                                        silence_logs=logging.CRITICAL, **kwargs) as cluster, \
             distributed.Client(cluster) as client:
         client.wait_for_workers(cpu_workers + gpu_workers, timeout=60)
         yield cluster, client
@@ -249,3 +249,18 @@ def test_mixed_batches_keep_growing_their_cpu_parts():
     cpu = [row for row in report.values() if row["device"] == "cpu"]
     calls_per_task = sum(r["calls"] for r in cpu) / sum(r["batches"] for r in cpu)
     assert calls_per_task > 4  # joblib's auto batching saw the CPU parts' rate
+
+
+def test_a_worker_whose_gpu_is_lost_hands_its_parts_to_the_other_gpu_workers():
+    with local_cluster(cpu_workers=0, gpu_workers=2, lose_gpu_after={0: 3}) as (_, client):
+        backend = DeviceBackend(client=client, placement="gpu")
+        first = Parallel(backend=backend, batch_size=4)(
+            delayed(slow_kernel)(i) for i in range(120))
+        second = Parallel(backend=backend, batch_size=4)(
+            delayed(slow_kernel)(i) for i in range(40))
+        report = backend.report()
+    assert [tag for tag, *_ in first] == list(range(120))
+    assert [tag for tag, *_ in second] == list(range(40))
+    pids = {pid for _, _, pid, _ in first}
+    assert len({pid for _, _, pid, _ in second}) == 1 < len(pids)  # the lost one: no more
+    assert sum(row["calls"] for row in report.values()) == 160

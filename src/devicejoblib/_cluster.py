@@ -18,7 +18,13 @@ import uuid
 from concurrent.futures import CancelledError, Future
 
 from ._devices import spec_gpu_kinds
-from ._errors import ClusterLostError, DeviceUnavailableError, with_worker_traceback
+from ._errors import (
+    BrokenDeviceError,
+    ClusterLostError,
+    DeviceUnavailableError,
+    GPUWorkerLostError,
+    with_worker_traceback,
+)
 from ._kernels import Kernel
 from ._placement import is_auto
 from ._utils import warn_once
@@ -167,6 +173,7 @@ class Cluster:
         self.patience = wait_for_workers_timeout
         self._watcher = None  # the thread watching for GPU workers, while it runs
         self._failed = {}  # key of a Dask future -> the error its part fails with
+        self.lost_workers = {}  # address -> GPUWorkerLostError: its GPUs are all lost
         self.name = f"devicejoblib-{uuid.uuid4().hex}"  # this backend's runners on workers
         self.router = ClusterRouter(self, placement)
         self._lock = threading.Lock()
@@ -204,7 +211,8 @@ class Cluster:
 
     def _read(self, workers):
         self.addresses = tuple(workers)
-        self.gpu_workers = _gpu_workers(workers)
+        self.gpu_workers = tuple(a for a in _gpu_workers(workers)
+                                 if a not in self.lost_workers)
         self.threads = sum(worker.get("nthreads", 1) for worker in workers.values())
 
     def describe(self):
@@ -219,21 +227,29 @@ class Cluster:
     def submit(self, target, batch, on_done=None, whole=None):
         """Run the part ``batch`` (of a joblib batch of ``whole`` calls) on the cluster;
         a Future of its results, passed to ``on_done`` once done."""
-        from . import _cluster_worker
 
         gpu = target == GPU_PART
+        future = Future()
+        future.set_running_or_notify_cancel()
+        self._send(batch, gpu, future, on_done, whole or len(batch))
+        return future
+
+    def _send(self, batch, gpu, future, on_done, whole):
+        """Submit the part ``batch`` as a Dask task whose outcome completes ``future``
+        (GPU parts only to GPU workers not known to have lost their GPUs)."""
+        from . import _cluster_worker
+
         if gpu:
             self._register_plugin()
             function = functools.partial(_cluster_worker.gpu_part, self.name)
         else:
             function = _cluster_worker.cpu_part
         key = f"{_GPU_KEY if gpu else _CPU_KEY}{uuid.uuid4().hex}"
-        future = Future()
-        future.set_running_or_notify_cancel()
         started = time.perf_counter()
         dask_future = self.client.submit(
             function, batch, key=key, pure=False, retries=self.retries or None,
-            resources={GPU_RESOURCE: 1} if gpu else None)
+            resources={GPU_RESOURCE: 1} if gpu else None,
+            workers=list(self.gpu_workers) if gpu and self.lost_workers else None)
         with self._lock:
             self._in_flight.add(dask_future)
             if gpu and self._watcher is None:
@@ -241,10 +257,9 @@ class Cluster:
                                                  name="devicejoblib-cluster-watch")
                 self._watcher.start()
         dask_future.add_done_callback(functools.partial(
-            self._done, future, on_done, gpu, len(batch), whole or len(batch), started))
-        return future
+            self._done, future, on_done, gpu, batch, whole, started))
 
-    def _done(self, future, on_done, gpu, n_calls, whole, started, dask_future):
+    def _done(self, future, on_done, gpu, batch, whole, started, dask_future):
         round_trip = time.perf_counter() - started
         with self._lock:
             self._in_flight.discard(dask_future)
@@ -253,9 +268,17 @@ class Cluster:
             if failed is not None:
                 raise failed
             results, where, seconds = dask_future.result()
+        except GPUWorkerLostError as exc:  # run the part on another GPU worker
+            try:
+                self._lose_worker(exc)
+                self._send(batch, gpu, future, on_done, whole)
+                return
+            except BaseException as error:
+                future.set_exception(self._error(error))
         except BaseException as exc:  # the part's error, or the cluster's
             future.set_exception(self._error(exc))
         else:
+            n_calls = len(batch)
             with self._lock:
                 stats = self.stats.setdefault(where, [0, 0, 0.0])
                 stats[0] += n_calls
@@ -268,6 +291,19 @@ class Cluster:
         del dask_future
         if on_done is not None:
             on_done(future)
+
+    def _lose_worker(self, error):
+        """A worker lost every GPU: no more GPU parts go there; the error when no GPU
+        worker is left."""
+        with self._lock:
+            self.lost_workers[error.address] = error
+        self._read(_workers_info(self.client))
+        if not self.gpu_workers:
+            lost = BrokenDeviceError(
+                "no GPU worker left in the Dask cluster: " + "; ".join(
+                    map(str, self.lost_workers.values())))
+            lost.__cause__ = error
+            raise lost
 
     def _error(self, exc):
         status = getattr(self.client, "status", "running")
@@ -370,7 +406,7 @@ def _probe():
 
 
 def simulated_cluster(cpu_workers=1, gpu_workers=2, threads_per_worker=1, env=None,
-                      **cluster_kwargs):
+                      lose_gpu_after=None, **cluster_kwargs):
     """A Dask cluster on this machine (127.0.0.1) whose GPU workers see one simulated GPU
     each: to try, test and measure the cluster route without GPUs.
 
@@ -382,6 +418,9 @@ def simulated_cluster(cpu_workers=1, gpu_workers=2, threads_per_worker=1, env=No
     threads_per_worker : int
     env : dict, optional
         More environment variables for every worker (``PYTHONPATH``...).
+    lose_gpu_after : dict, optional
+        Fault injection: ``{k: n}`` makes the GPU of GPU worker ``k`` lost after ``n``
+        launches (``DEVICEJOBLIB_SIMULATED_LOSS`` there).
     **cluster_kwargs
         Passed to ``distributed.SpecCluster`` (``silence_logs``...).
 
@@ -396,16 +435,18 @@ def simulated_cluster(cpu_workers=1, gpu_workers=2, threads_per_worker=1, env=No
         raise ImportError(f"simulated_cluster() needs the distributed package: "
                           f"{INSTALL_HINT}") from exc
 
-    def worker(gpu):
+    def worker(gpu, index=None):
         options = {"nthreads": threads_per_worker, "host": "127.0.0.1",
                    "dashboard_address": "127.0.0.1:0",
                    "env": {**(env or {}), "DEVICEJOBLIB_SIMULATE_GPUS": "1" if gpu else "0"}}
         if gpu:
             options["resources"] = {GPU_RESOURCE: 1}
+            if index in (lose_gpu_after or {}):
+                options["env"]["DEVICEJOBLIB_SIMULATED_LOSS"] = f"0:{lose_gpu_after[index]}"
         return {"cls": distributed.Nanny, "options": options}
 
     workers = {f"cpu-{i}": worker(False) for i in range(cpu_workers)}
-    workers.update({f"gpu-{i}": worker(True) for i in range(gpu_workers)})
+    workers.update({f"gpu-{i}": worker(True, i) for i in range(gpu_workers)})
     scheduler = {"cls": distributed.Scheduler,
                  "options": {"host": "127.0.0.1", "dashboard": False,
                              "dashboard_address": "127.0.0.1:0"}}

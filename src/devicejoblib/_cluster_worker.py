@@ -14,6 +14,7 @@ import time
 
 from distributed import WorkerPlugin, get_worker
 
+from ._errors import GPUWorkerLostError
 from ._execution import FusedCPUBatch
 from ._fusion import add_note, has_batched_form
 from ._platforms import HOST
@@ -51,9 +52,13 @@ def gpu_part(name, batch):
     """Run a GPU part on this worker's least loaded GPU: ``(results, (worker address,
     device id), seconds)``."""
     address, start = get_worker().address, time.perf_counter()
+    runner = _runner(name)
     try:
-        results, device_id = _runner(name).run_on_a_gpu(batch)
+        results, device_id = runner.run_on_a_gpu(batch)
     except BaseException as exc:
+        if len(runner.router.lost) == len(runner.workers):  # no GPU left here
+            raise GPUWorkerLostError(f"every GPU of Dask worker {address} is lost: "
+                                     f"{type(exc).__name__}: {exc}", address) from None
         add_note(exc, f"on Dask worker {address}")
         raise
     return results, (address, device_id), time.perf_counter() - start

@@ -16,6 +16,18 @@ class BrokenDeviceError(BrokenExecutor):
     was lost); the device is named and the underlying error chained as the cause."""
 
 
+class GPUWorkerLostError(BrokenDeviceError):
+    """Every GPU of a Dask worker is lost: raised there, handled by the client, which
+    sends that worker's GPU parts to the other GPU workers."""
+
+    def __init__(self, message, address):
+        super().__init__(message, address)
+        self.address = address
+
+    def __str__(self):
+        return self.args[0]
+
+
 class ClusterLostError(RuntimeError):
     """The connection to the Dask scheduler was lost while calls ran on the cluster."""
 
