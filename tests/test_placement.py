@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -143,6 +144,7 @@ def test_a_model_file_of_another_version_is_a_fresh_start(two_gpus, fresh_warnin
 
 WRITER = """
 import sys
+import warnings
 from devicejoblib import _model_store
 model = _model_store.get_model()
 for i in range(30):
@@ -212,3 +214,69 @@ def test_a_new_process_fuses_at_the_launch_size_learnt_before(run_python):
 def test_auto_with_a_cluster_is_refused():
     with pytest.raises(ValueError, match="Invalid placement='auto' with client="):
         DeviceBackend(client="default", placement="auto")
+
+
+def test_a_kernel_no_allowed_device_runs_natively_goes_where_capability_sends_it(two_gpus):
+    from device_kernels import cpu_only
+
+    backend = DeviceBackend(devices=["cuda:0", "cuda:1"], placement="auto",
+                            cpu_backend="threading")
+    assert Parallel(n_jobs=2, backend=backend)([delayed(cpu_only)(1)] * 3) == [2, 2, 2]
+
+
+def test_what_auto_queued_is_settled_after_a_lost_gpu(tmp_path):
+    with simulate_gpus(2, lose_after={1: 3}):
+        for _ in range(2):  # the second with a calibrated model: calls placed by it
+            backend = DeviceBackend(placement="auto", cpu_backend="threading")
+            out = Parallel(n_jobs=2, backend=backend, batch_size=8)(
+                delayed(modelled)(n) for n in [LARGE, SMALL] * 40)
+            assert [n for n, _ in out] == [LARGE, SMALL] * 40
+            placer = backend.router.placer
+            assert max(placer.pending.values()) < 1e-9 and not placer._exploring
+
+
+class OddArray:
+    """An argument that looks like an array but knows no size (a lazy array's NaN)."""
+
+    shape = (3,)
+    nbytes = float("nan")
+
+
+def test_arguments_of_unknown_size_neither_fail_auto_nor_hang_the_trace(two_gpus, tmp_path):
+    path = tmp_path / "run.json"
+    backend = DeviceBackend(placement="auto", cpu_backend="threading", trace=str(path))
+    out = Parallel(n_jobs=2, backend=backend, timeout=60)(
+        delayed(modelled.on("auto"))(5) for _ in range(4))
+    assert [n for n, _ in out] == [5] * 4
+    out = Parallel(n_jobs=2, backend=backend, timeout=60)(
+        delayed(lambda odd: 1)(OddArray()) for _ in range(4))
+    assert out == [1] * 4
+    assert "NaN" not in path.read_text()
+
+
+def test_an_unwritable_trace_is_a_warning_and_the_results_arrive(two_gpus, tmp_path,
+                                                               fresh_warnings):
+    backend = DeviceBackend(trace=str(tmp_path), cpu_backend="threading")  # a folder
+    with pytest.warns(RuntimeWarning, match="the trace could not be written"):
+        out = Parallel(n_jobs=2, backend=backend)(delayed(locate)(i) for i in range(4))
+    assert [tag for tag, *_ in out] == list(range(4))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_model_file_with_a_malformed_host_section_is_rewritten(two_gpus, fresh_warnings):
+    import platform
+
+    path = devicejoblib._model_store.model_path()
+    path.write_text(json.dumps({"format": "devicejoblib placement model", "version": 1,
+                                "hosts": {platform.node(): {"history": []}}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "cannot read": a fresh start
+        run_round(DeviceBackend(placement="auto", cpu_backend="threading"), repeat=5)
+    section = json.loads(path.read_text())["hosts"][platform.node()]
+    assert section["history"]  # what this process learnt
+
+
+def test_model_reset_of_a_folder_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("DEVICEJOBLIB_MODEL_PATH", str(tmp_path))
+    assert cli(["model", "reset"]) == 2
+    assert "cannot delete the placement model" in capsys.readouterr().err

@@ -39,7 +39,7 @@ from ._platforms import HOST
 from ._progress import Progress
 from ._routing import CPU_PROCESSES, CPU_THREADS, Router, route_of
 from ._trace import Trace, describe_part
-from ._utils import check_count, check_flag, check_n_jobs
+from ._utils import check_count, check_flag, check_n_jobs, warn_once
 from ._workers import CallbackThread, GPUWorker
 
 CPU_BACKENDS = ("loky", "threading")
@@ -252,9 +252,9 @@ class DeviceBackend(ParallelBackendBase):
                                       for target in groups)
         if len(groups) == 1:
             (target, _), = groups.items()
+            callback = self._settling(callback, target, ledger)
             try:
-                return self._submit_part(target, func, self._settling(callback, target,
-                                                                       ledger))
+                return self._submit_part(target, func, callback)
             except BaseException as exc:
                 return self._failed(exc, callback)
         joined = JoinedBatch(len(func.items), len(groups), callback)
@@ -419,8 +419,8 @@ class DeviceBackend(ParallelBackendBase):
     def _resubmit(self, batch, future, on_done, done):
         """Route the calls of ``batch`` after the ``done`` ones again and complete
         ``future`` (already running) with all the results."""
-        items = batch.items[len(done):]
-        groups = self.router.split(items)
+        items, ledger = batch.items[len(done):], {}
+        groups = self.router.split(items, ledger)
 
         def forward(joined):
             try:
@@ -430,9 +430,11 @@ class DeviceBackend(ParallelBackendBase):
             if on_done is not None:
                 on_done(future)
 
-        self._submit_parts(batch, items, groups, JoinedBatch(len(items), len(groups), forward))
+        # (the batch's calls were counted once already, by the progress bar)
+        self._submit_parts(batch, items, groups, JoinedBatch(len(items), len(groups), forward),
+                           ledger, watch=False)
 
-    def _submit_parts(self, batch, items, groups, joined, ledger=None):
+    def _submit_parts(self, batch, items, groups, joined, ledger=None, watch=True):
         """Submit the calls ``items`` of ``batch`` in the parts ``groups`` (target ->
         positions, None: all) routing made, each part reporting to ``joined``."""
         for target, positions in groups.items():
@@ -441,7 +443,7 @@ class DeviceBackend(ParallelBackendBase):
                                        target, ledger)
             try:
                 self._submit_part(target, sub_batch(batch, [items[i] for i in positions]),
-                                  part_done, whole=len(items))
+                                  part_done, whole=len(items), watch=watch)
             except BaseException as exc:
                 self._failed(exc, part_done)
 
@@ -469,17 +471,21 @@ class DeviceBackend(ParallelBackendBase):
         placed = "auto" if type(target) is tuple else "rule"
 
         def watched(future):
-            if items is not None and not future.exception():
-                name, args = describe_part(items)
-                end = time.perf_counter()
-                # the worker's own time where it was measured, else from submission
-                seconds = getattr(future, "worker_seconds", None) or end - start
-                trace.slice(_CPU_TRACKS.get(route, route), name, end - seconds, seconds,
-                            placed=placed, **args)
-            if progress is not None:
-                progress.update(n_calls, route, known_total(parallel))
-            if callback is not None:
-                callback(future)
+            try:
+                if items is not None and not future.exception():
+                    name, args = describe_part(items)
+                    end = time.perf_counter()
+                    # the worker's own time where it was measured, else from submission
+                    seconds = getattr(future, "worker_seconds", None) or end - start
+                    trace.slice(_CPU_TRACKS.get(route, route), name, end - seconds,
+                                seconds, placed=placed, **args)
+                if progress is not None:
+                    progress.update(n_calls, route, known_total(parallel))
+            except Exception as exc:  # never at the cost of the results
+                _report_lost_bookkeeping("the trace or progress bar", exc)
+            finally:
+                if callback is not None:
+                    callback(future)
 
         return watched
 
@@ -492,9 +498,13 @@ class DeviceBackend(ParallelBackendBase):
         router = self.router
 
         def settle_then_callback(future):
-            router.settle(entry)
-            if callback is not None:
-                callback(future)
+            try:
+                router.settle(entry)
+            except Exception as exc:  # never at the cost of the results
+                _report_lost_bookkeeping("the placement model", exc)
+            finally:
+                if callback is not None:
+                    callback(future)
 
         return settle_then_callback
 
@@ -512,10 +522,10 @@ class DeviceBackend(ParallelBackendBase):
             self._callbacks.call(callback, future)
         return future
 
-    def _submit_part(self, target, batch, callback, whole=None):
+    def _submit_part(self, target, batch, callback, whole=None, watch=True):
         """Submit the part ``batch`` (of a joblib batch of ``whole`` calls) to
         ``target``'s workers; its Future."""
-        if self._progress is not None or self._trace is not None:
+        if watch and (self._progress is not None or self._trace is not None):
             callback = self._watched(target, batch, callback)
         if self.cluster is not None:
             return self.cluster.submit(target, batch, callback, whole)
@@ -554,8 +564,11 @@ class DeviceBackend(ParallelBackendBase):
             except BaseException as exc:
                 future.set_exception(exc)
             else:
-                self.router.observe(self.router.cpu, items, n_calls,
-                                    self._cpu_service(target, started, seconds))
+                try:
+                    self.router.observe(self.router.cpu, items, n_calls,
+                                        self._cpu_service(target, started, seconds))
+                except Exception as exc:  # never at the cost of the results
+                    _report_lost_bookkeeping("the placement model", exc)
                 future.worker_seconds = seconds
                 future.set_result(results)
             cpu_done(future)
@@ -644,13 +657,23 @@ _CPU_TRACKS = {CPU_PROCESSES: "cpu (processes)", CPU_THREADS: "cpu (threads)"}
 def _observed(router, trace, device, calls, n_calls, seconds):
     """A GPU worker's group of ``n_calls`` took ``seconds``: a slice in the trace, a
     sample for the cost model."""
-    if trace is not None:
-        calls = list(calls)
-        name, args = describe_part(calls)
-        placed = "auto" if any(auto_kernel(f, router.auto) for f, _, _ in calls) else "rule"
-        trace.slice(str(device), name, time.perf_counter() - seconds, seconds,
-                    placed=placed, **args)
-    router.observe(device, calls, n_calls, seconds)
+    try:
+        if trace is not None:
+            calls = list(calls)
+            name, args = describe_part(calls)
+            placed = "auto" if any(auto_kernel(f, router.auto) for f, _, _ in calls) \
+                else "rule"
+            trace.slice(str(device), name, time.perf_counter() - seconds, seconds,
+                        placed=placed, **args)
+        router.observe(device, calls, n_calls, seconds)
+    except Exception as exc:  # never at the cost of the results
+        _report_lost_bookkeeping("the trace or the placement model", exc)
+
+
+def _report_lost_bookkeeping(what, exc):
+    """An error while keeping ``what`` up to date: one warning; the calls go on."""
+    warn_once(f"devicejoblib could not update {what} ({type(exc).__name__}: {exc}); "
+              "results are not affected", RuntimeWarning, key=("bookkeeping", what))
 
 
 def _backend_calling(frame):

@@ -58,7 +58,7 @@ def model_command(action, as_json=False):
         path = _model_store.model_path()
         return str(path) if path else f"off ({_model_store.MODEL_PATH_ENV}=off)"
     if action == "reset":
-        path = _model_store.reset()
+        path = _model_store.reset()  # a ValueError (an exit status of 2) if it cannot
         return f"deleted {path}" if path else "nothing to reset: the model is off"
     shown = _model_store.describe()
     if as_json:

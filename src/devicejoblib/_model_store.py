@@ -66,23 +66,35 @@ def save(model=None):
     model = model or get_model()
     if path is None or not model.dirty:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(path):
-        hosts = _read(path, quiet=True)
-        section = hosts.setdefault(host_key(), {"history": {}, "launch_sizes": {}})
-        with model._lock:
-            dirty, model.dirty = model.dirty, set()
-            for key in dirty:
-                if key[0] == "history":
-                    _, kernel, device, bucket = key
-                    history = model.histories[(kernel, device)][bucket]
-                    section["history"][_SEP.join((kernel, device, str(bucket)))] = {
-                        "seen": history.seen, "samples": history.samples}
-                else:
-                    _, device, kernel = key
-                    section["launch_sizes"][_SEP.join((device, kernel))] = \
-                        model.launch_sizes[(device, kernel)]
-        _write(path, {"format": FORMAT, "version": VERSION, "hosts": hosts})
+    with model._lock:
+        dirty, model.dirty = model.dirty, set()
+        entries = {}  # (what, key in the file) -> value, copied under the lock
+        for key in dirty:
+            if key[0] == "history":
+                _, kernel, device, bucket = key
+                history = model.histories[(kernel, device)][bucket]
+                entries[("history", _SEP.join((kernel, device, str(bucket))))] = {
+                    "seen": history.seen, "samples": list(history.samples)}
+            else:
+                _, device, kernel = key
+                entries[("launch_sizes", _SEP.join((device, kernel)))] = \
+                    model.launch_sizes[(device, kernel)]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(path):
+            hosts = _read(path, quiet=True)
+            section = hosts.get(host_key())
+            if not (isinstance(section, dict) and all(
+                    isinstance(section.get(part), dict)
+                    for part in ("history", "launch_sizes"))):
+                section = hosts[host_key()] = {"history": {}, "launch_sizes": {}}
+            for (part, key), value in entries.items():
+                section[part][key] = value
+            _write(path, {"format": FORMAT, "version": VERSION, "hosts": hosts})
+    except BaseException:
+        with model._lock:  # not written: keep it for the next save
+            model.dirty |= dirty
+        raise
 
 
 def learnt_launch_size(device, kernels):
@@ -97,17 +109,17 @@ def learnt_launch_size(device, kernels):
 def remember_launch_sizes(sizers):
     """Keep the launch sizes GPUs settled on (per kernel they fused), and save what this
     process learnt; an unwritable model file is a warning."""
-    settled = [s for s in sizers if s.settled and s.kernels and s.learnt_here]
+    settled = [s for s in sizers if s.settled and s.learnt_here and s.settled_for]
     model = _models.get(model_path())
     if model is None and not settled:
         return  # nothing loaded, nothing learnt
     model = model or get_model()
     for sizer in settled:
-        for kernel in sizer.kernels:
+        for kernel in sizer.settled_for:
             model.set_launch_size(device_model(sizer.device), kernel, sizer.size)
     try:
         save(model)
-    except OSError as exc:
+    except (OSError, ValueError, TypeError) as exc:
         warn_once(f"the placement model could not be saved to {model_path()} "
                   f"({type(exc).__name__}: {exc}): set {MODEL_PATH_ENV} to a writable "
                   "file, or to off", RuntimeWarning)
@@ -119,8 +131,13 @@ def reset():
     with _lock:
         _models.pop(path, None)
     if path is not None:
-        with _file_lock(path), contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        try:
+            with _file_lock(path), contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        except OSError as exc:
+            raise ValueError(f"cannot delete the placement model {path} "
+                             f"({type(exc).__name__}: {exc}); {MODEL_PATH_ENV} should name "
+                             "a file") from exc
     return path
 
 

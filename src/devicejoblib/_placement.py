@@ -43,16 +43,26 @@ FASTEST, CALIBRATING, ONLY_ONE = "expected to finish first", "calibrating", "onl
 
 def footprint(args, kwargs):
     """The bucket of a call's size: the bytes of its array arguments plus 8 bytes per
-    unit of its integer arguments (a step count, a length), in half octaves."""
+    unit of its integer arguments (a step count) and per item of its lists and tuples,
+    in half octaves."""
     size = 0
     for value in (*args, *kwargs.values()):
         if hasattr(value, "nbytes") and hasattr(value, "shape"):
-            size += int(value.nbytes)
+            size += array_nbytes(value)
         elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
             size += 8 * abs(int(value))
         elif isinstance(value, (list, tuple)):
             size += 8 * len(value)
     return round(math.log2(size + 1) * BUCKETS_PER_OCTAVE)
+
+
+def array_nbytes(array):
+    """An array's bytes, 0 where unknown (a lazy array's NaN, a stand-in's None)."""
+    try:
+        nbytes = float(array.nbytes)
+    except (TypeError, ValueError):
+        return 0
+    return int(nbytes) if math.isfinite(nbytes) else 0
 
 
 def bucket_size(bucket):
@@ -177,10 +187,12 @@ class AutoPlacer:
         for position, (function, args, kwargs) in enumerate(items):
             key = (kernel_key(function), footprint(args, kwargs))
             groups.setdefault(key, (function, []))[1].append(position)
+        # (all that may raise, before anything is queued)
+        candidates_by = {key: candidates_of(function) for key, (function, _) in groups.items()}
         chosen, ledger = [], {}
         with self._lock:
-            for (kernel, bucket), (function, positions) in groups.items():
-                candidates = candidates_of(function)
+            for (kernel, bucket), (_, positions) in groups.items():
+                candidates = candidates_by[(kernel, bucket)]
                 device = self._to_explore(kernel, bucket, candidates)
                 if device is not None:  # the whole group measures that device
                     self._exploring.add((kernel, bucket, device.id))
@@ -239,7 +251,9 @@ class AutoPlacer:
         """``{device id: {"auto_calls": n, "calibrating_calls": m}}``: calls placed
         there, and how many of those were sent to measure it."""
         out = {}
-        for (_, _, device_id, why), calls in self.decisions.items():
+        with self._lock:
+            decisions = list(self.decisions.items())
+        for (_, _, device_id, why), calls in decisions:
             row = out.setdefault(device_id, {"auto_calls": 0, "calibrating_calls": 0})
             row["auto_calls"] += calls
             if why == CALIBRATING:
@@ -249,16 +263,20 @@ class AutoPlacer:
     def explain(self):
         """Per kernel and footprint: the prediction on each device model (seconds per
         call, samples, how) and where calls went, and why."""
-        lines, seen = [], sorted({(k, b) for k, b, _, _ in self.decisions})
+        with self._lock:
+            decisions = sorted(self.decisions.items())
+        with self.model._lock:
+            histories = list(self.model.histories)
+        lines, seen = [], sorted({(k, b) for (k, b, _, _), _ in decisions})
         for kernel, bucket in seen:
             lines.append(f"{kernel}, size ~{format_bytes(int(bucket_size(bucket)))}:")
-            models = {m for (k, m) in self.model.histories if k == kernel}
+            models = {m for (k, m) in histories if k == kernel}
             for model in sorted(models):
                 seconds, how = self.model.predict(kernel, model, bucket)
                 shown = "no estimate" if seconds is None else f"{seconds * 1e6:.1f} us/call"
                 lines.append(f"  {model}: {shown} ({how}, "
                              f"{self.model.samples(kernel, model, bucket)} samples)")
-            for (k, b, device_id, why), calls in sorted(self.decisions.items()):
+            for (k, b, device_id, why), calls in decisions:
                 if (k, b) == (kernel, bucket):
                     lines.append(f"  -> {device_id}: {calls} calls ({why})")
         return "\n".join(lines)

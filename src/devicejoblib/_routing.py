@@ -217,9 +217,9 @@ class Router:
         allowed = self._allowed_for(function) or self.devices
         found = tuple(d for d in allowed if d.id not in self.lost
                       and (function.has_gpu if d.is_gpu else function.has_cpu))
-        if not found:
-            self.route(function, (), {})  # raises the capability rule's error
-        return found
+        # none able to run it natively: where the capability rule sends it (a CPU-only
+        # kernel on a GPU's worker thread), or its error
+        return found or (self.route(function, (), {}),)
 
     def _slots(self, device):
         return 1 if device.is_gpu else self.cpu_slots

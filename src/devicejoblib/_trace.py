@@ -3,12 +3,16 @@ track per GPU worker and per CPU route, and a slice per launch group or batch.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from ._placement import array_nbytes
+from ._utils import warn_once
 
 
 class Trace:
@@ -57,12 +61,25 @@ class Trace:
             names.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
                           "args": {"name": "devicejoblib"}})
             data = {"traceEvents": names + self._events, "displayTimeUnit": "ms"}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=self.path.name, suffix=".tmp",
-                                         dir=self.path.parent)
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out)
-        os.replace(temporary, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(prefix=self.path.name, suffix=".tmp",
+                                             dir=self.path.parent)
+        except OSError as exc:
+            return _unwritable(self.path, exc)
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(data, out)
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            _unwritable(self.path, exc)
+
+
+def _unwritable(path, exc):
+    warn_once(f"the trace could not be written to {path} ({type(exc).__name__}: {exc}): "
+              "give trace= a writable file path", RuntimeWarning, key=("trace", str(path)))
 
 
 def describe_part(items):
@@ -72,6 +89,6 @@ def describe_part(items):
         name = getattr(function, "__qualname__", None) or repr(function)
         names[name] = names.get(name, 0) + 1
         for value in (*args, *kwargs.values()):
-            moved += getattr(value, "nbytes", 0) if hasattr(value, "shape") else 0
+            moved += array_nbytes(value) if hasattr(value, "shape") else 0
     return " + ".join(names), {"calls": sum(names.values()), "bytes": moved,
                                "kernels": names}
