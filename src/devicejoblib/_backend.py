@@ -140,6 +140,7 @@ class DeviceBackend(ParallelBackendBase):
         self._cpu_stats = {CPU_PROCESSES: [0, 0, 0.0], CPU_THREADS: [0, 0, 0.0]}
         self._stats_lock = threading.Lock()
         self._cpu_last_done = {}  # CPU route -> when its last timed batch was done
+        self._abandoned_any = False  # whether an abort left a GPU call running
         self._cpu_jobs = 1
         self._callbacks = CallbackThread("devicejoblib-callbacks")
         self._accepting = True  # False once shut down, until the next configure()
@@ -273,6 +274,7 @@ class DeviceBackend(ParallelBackendBase):
         for worker in self.workers.values():
             worker.cancel_pending()
             worker.abandon_running(patience)
+        self._abandoned_any = bool(self.workers)
         # joblib's callback thread may still submit meanwhile: detach, then abort
         executors, self._cpu = self._cpu, {}
         for _, _, abort in executors.values():
@@ -410,6 +412,8 @@ class DeviceBackend(ParallelBackendBase):
 
     def _check_stuck(self):
         """Route no more calls to a GPU whose call outlived a timeout as long again."""
+        if not self._abandoned_any:
+            return  # (the common case, checked for every batch)
         for device_id, worker in self.workers.items():
             if device_id not in self.router.lost:
                 error = worker.check_stuck()
@@ -657,6 +661,8 @@ _CPU_TRACKS = {CPU_PROCESSES: "cpu (processes)", CPU_THREADS: "cpu (threads)"}
 def _observed(router, trace, device, calls, n_calls, seconds):
     """A GPU worker's group of ``n_calls`` took ``seconds``: a slice in the trace, a
     sample for the cost model."""
+    if trace is None and router.placer is None:
+        return
     try:
         if trace is not None:
             calls = list(calls)

@@ -165,8 +165,9 @@ class GPUBatchSizer:
         holds from the first launch; a kernel fused here for the first time starts at the
         launch size an earlier process settled on, if any."""
         first = calls[0][0] if calls else None
-        if (type(first) is Kernel and first.resident_key not in self.kernels
-                and first.batched_form(self.device.platform.runs) is not None):
+        if type(first) is not Kernel or first.batched_form(self.device.platform.runs) is None:
+            return  # nothing to fuse: launches are single calls, whatever the size
+        if first.resident_key not in self.kernels:
             self.kernels.add(first.resident_key)  # a kernel fused here: size persisted
             self._start_from_learnt()
         if self.bytes_per_call:

@@ -95,8 +95,13 @@ class SimulatedGPUPlatform(HostComputePlatform):
 
     def simulate_launch(self, device, arguments=()):
         _launches.bytes = 0  # the launch's arrays on the device, results to come
-        self._allocate(device, sum(v.nbytes for v in arguments
-                                   if hasattr(v, "nbytes") and _home(v) != device.id))
+        moved = 0
+        for value in arguments:  # (a loop: this runs for every simulated call)
+            nbytes = getattr(value, "nbytes", None)
+            if nbytes is not None and getattr(value, "device_id", None) != device.id:
+                moved += nbytes
+        if moved:
+            self._allocate(device, moved)
         if device.lose_after is not None:
             _launches.count = getattr(_launches, "count", 0) + 1
             if _launches.count > device.lose_after:
