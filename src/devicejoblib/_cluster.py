@@ -227,7 +227,6 @@ class Cluster:
     def submit(self, target, batch, on_done=None, whole=None):
         """Run the part ``batch`` (of a joblib batch of ``whole`` calls) on the cluster;
         a Future of its results, passed to ``on_done`` once done."""
-
         gpu = target == GPU_PART
         future = Future()
         future.set_running_or_notify_cancel()
