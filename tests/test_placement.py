@@ -280,3 +280,13 @@ def test_model_reset_of_a_folder_is_a_clear_error(monkeypatch, tmp_path, capsys)
     monkeypatch.setenv("DEVICEJOBLIB_MODEL_PATH", str(tmp_path))
     assert cli(["model", "reset"]) == 2
     assert "cannot delete the placement model" in capsys.readouterr().err
+
+
+def test_n_jobs_1_places_auto_kernels_by_the_model_in_the_caller(two_gpus):
+    backend = DeviceBackend(placement="auto", cpu_backend="threading")
+    calibrate(backend)
+    out = Parallel(n_jobs=1, backend=backend)(
+        delayed(modelled)(n) for n in [SMALL, LARGE] * 3)
+    assert [(n, device.split(":")[0]) for n, device in out] == [
+        (SMALL, "cpu"), (LARGE, "cuda")] * 3
+    assert max(backend.router.placer.pending.values()) < 1e-9

@@ -383,7 +383,17 @@ class DeviceBackend(ParallelBackendBase):
     def run_in_caller(self, kernel, args, kwargs):
         """One kernel call of a ``Parallel(n_jobs=1)`` call: routed, run in this thread,
         bound to its device for the call; its result moved to the host."""
-        device = self.router.route(kernel, args, kwargs)
+        device, placed = self.router.route_one(kernel, args, kwargs)
+        start = time.perf_counter()
+        try:
+            return self._run_here(device, kernel, args, kwargs)
+        finally:
+            if placed is not None:  # a call placed by the cost model: its sample
+                self.router.observe(device, [(kernel, args, kwargs)], 1,
+                                    time.perf_counter() - start)
+                self.router.settle(placed)
+
+    def _run_here(self, device, kernel, args, kwargs):
         if not device.is_gpu:
             return kernel.run_on(None, args, kwargs)
         with device.platform.bound(device) as sync:

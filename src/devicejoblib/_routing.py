@@ -241,6 +241,19 @@ class Router:
             return CPU_THREADS
         return self.cpu_route
 
+    def route_one(self, function, args, kwargs):
+        """``(device, ledger entry or None)`` for one call run in the caller (n_jobs=1):
+        by the cost model for an auto kernel (the entry goes back to :meth:`settle`),
+        else by :meth:`route`."""
+        array_types = device_array_types() if self.gpus else ()
+        if not auto_kernel(function, self.auto) or (
+                array_types and holds_any(array_types, args, kwargs)):
+            return self.route(function, args, kwargs), None
+        groups, ledger = {}, {}
+        self._place_auto([(function, args, kwargs)], [0], groups, ledger)
+        (target, _), = groups.items()
+        return self._by_id.get(route_of(target), self.cpu), ledger.get(target)
+
     def route(self, function, args, kwargs):
         """The device for one call of ``function(*args, **kwargs)``."""
         is_kernel = type(function) is Kernel
