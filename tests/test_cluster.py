@@ -148,6 +148,16 @@ def test_an_error_names_call_device_and_worker_with_the_users_frame():
     assert 'raise ValueError(f"negative input {x}")' in str(info.value.__cause__)
 
 
+def test_an_error_in_a_cpu_part_names_its_call_and_worker():
+    with local_cluster(cpu_workers=1, gpu_workers=0) as (_, client), \
+            pytest.raises(ZeroDivisionError) as info:
+        Parallel(backend=DeviceBackend(client=client))(
+            delayed(divmod)(12, x) for x in (4, 3, 0, 2))
+    notes = " ".join(info.value.__notes__)
+    assert "raised by divmod(12, 0) on the CPU" in notes
+    assert "on Dask worker tcp://127.0.0.1:" in notes
+
+
 def test_losing_the_scheduler_is_a_clear_error_not_a_hang():
     import dask
 

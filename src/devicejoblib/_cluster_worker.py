@@ -16,7 +16,8 @@ from distributed import WorkerPlugin, get_worker
 
 from ._errors import GPUWorkerLostError
 from ._execution import FusedCPUBatch
-from ._fusion import add_note, has_batched_form
+from ._fusion import add_note, describe, has_batched_form
+from ._joblib_adapters import applied_config, nested_config
 from ._platforms import HOST
 
 _runners = {}  # plugin name -> the DeviceBackend running that backend's GPU parts here
@@ -68,10 +69,26 @@ def cpu_part(batch):
     """Run a CPU part in this worker's thread (fused where kernels have a batched form):
     ``(results, (worker address, "cpu"), seconds)``."""
     address, start = get_worker().address, time.perf_counter()
-    run = FusedCPUBatch(batch) if has_batched_form(batch.items, HOST.runs) else batch
     try:
-        results = run()
+        if has_batched_form(batch.items, HOST.runs):
+            results = FusedCPUBatch(batch)()  # (its errors name their call)
+        else:
+            results = _one_by_one(batch)
     except BaseException as exc:
         add_note(exc, f"on Dask worker {address}")
         raise
     return results, (address, "cpu"), time.perf_counter() - start
+
+
+def _one_by_one(batch):
+    """The calls of ``batch`` in order, under its nested joblib configuration, as
+    ``BatchedCalls`` runs them, an error naming its call."""
+    results = []
+    with applied_config(nested_config(batch)):
+        for function, args, kwargs in batch.items:
+            try:
+                results.append(function(*args, **kwargs))
+            except Exception as exc:
+                add_note(exc, f"raised by {describe(function, args, kwargs)} on the CPU")
+                raise
+    return results
