@@ -219,7 +219,8 @@ class AutoPlacer:
         return chosen, ledger
 
     def settle(self, device_id, entry):
-        """The part that ``ledger[device_id]`` accounted for is done."""
+        """A part that queued ``entry`` (from :meth:`place`'s ledger) on ``device_id`` is
+        done."""
         seconds, marks = entry
         with self._lock:
             self.pending[device_id] = max(self.pending[device_id] - seconds, 0.0)
