@@ -466,7 +466,10 @@ class DeviceBackend(ParallelBackendBase):
         cost model learns it: a worker's time per batch at the route's throughput —
         its workers over the time between two batches done — which counts copying
         arguments and results to worker processes and the caller's share of it; at
-        most the batch's round trip, at least the worker's own time."""
+        most the batch's round trip, at least the worker's own time. Threads copy
+        nothing: their own time."""
+        if route != CPU_PROCESSES:
+            return seconds
         now = time.perf_counter()
         with self._stats_lock:
             previous, self._cpu_last_done[route] = self._cpu_last_done.get(route), now
