@@ -487,24 +487,18 @@ class DeviceBackend(ParallelBackendBase):
 
         placed = "auto" if type(target) is tuple else "rule"
 
-        def watched(future):
-            try:
-                if items is not None and not future.exception():
-                    name, args = describe_part(items)
-                    end = time.perf_counter()
-                    # the worker's own time where it was measured, else from submission
-                    seconds = getattr(future, "worker_seconds", None) or end - start
-                    trace.slice(_CPU_TRACKS.get(route, route), name, end - seconds,
-                                seconds, placed=placed, **args)
-                if progress is not None:
-                    progress.update(n_calls, route, known_total(parallel))
-            except Exception as exc:  # never at the cost of the results
-                _report_lost_bookkeeping("the trace or progress bar", exc)
-            finally:
-                if callback is not None:
-                    callback(future)
+        def watch(future):
+            if items is not None and not future.exception():
+                name, args = describe_part(items)
+                end = time.perf_counter()
+                # the worker's own time where it was measured, else from submission
+                seconds = getattr(future, "worker_seconds", None) or end - start
+                trace.slice(_CPU_TRACKS.get(route, route), name, end - seconds, seconds,
+                            placed=placed, **args)
+            if progress is not None:
+                progress.update(n_calls, route, known_total(parallel))
 
-        return watched
+        return _after(watch, callback, "the trace or progress bar")
 
     def _settling(self, callback, target, ledger):
         """``callback``, preceded by settling what the part for ``target`` queued in the
@@ -513,17 +507,7 @@ class DeviceBackend(ParallelBackendBase):
         if entry is None:
             return callback
         router = self.router
-
-        def settle_then_callback(future):
-            try:
-                router.settle(entry)
-            except Exception as exc:  # never at the cost of the results
-                _report_lost_bookkeeping("the placement model", exc)
-            finally:
-                if callback is not None:
-                    callback(future)
-
-        return settle_then_callback
+        return _after(lambda _: router.settle(entry), callback, "the placement model")
 
     def _limit_host_threads(self):
         """For the coming call, limit native thread pools while GPU workers compute on
@@ -687,6 +671,22 @@ def _observed(router, trace, device, calls, n_calls, seconds):
         router.observe(device, calls, n_calls, seconds)
     except Exception as exc:  # never at the cost of the results
         _report_lost_bookkeeping("the trace or the placement model", exc)
+
+
+def _after(bookkeeping, callback, what):
+    """``callback`` (may be None), preceded by ``bookkeeping(future)``, whose errors
+    cost one warning naming ``what``, never the result nor the callback."""
+
+    def wrapped(future):
+        try:
+            bookkeeping(future)
+        except Exception as exc:
+            _report_lost_bookkeeping(what, exc)
+        finally:
+            if callback is not None:
+                callback(future)
+
+    return wrapped
 
 
 def _report_lost_bookkeeping(what, exc):

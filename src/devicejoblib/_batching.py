@@ -126,8 +126,6 @@ class GPUBatchSizer:
         self.bytes_per_call = 0
         self._expected_bytes = 0  # estimated from arguments until a launch is measured
         self.kernels = set()  # names of the kernels fused here
-        self.learnt_here = False  # whether the size was measured here, not loaded
-        self.settled_for = frozenset()  # the kernels fused while it settled: persisted
         self._ceiling = None  # set by an out-of-memory error
         self._lock = threading.Lock()
         self.reset()
@@ -139,6 +137,8 @@ class GPUBatchSizer:
         self._samples = {}  # size -> full batches measured at that size
         self._previous_size = None
         self.settled = False
+        # the kernels fused while the size settled here (not loaded): persisted
+        self.settled_for = frozenset()
 
     @property
     def size(self):
@@ -206,13 +206,12 @@ class GPUBatchSizer:
             gain = None if previous is None else self._per_call[size] / previous
             if gain is not None and gain > PLATEAU:
                 self._size = min(self._per_call, key=self._per_call.get)
-                self.settled = self.learnt_here = True
+                self.settled = True
                 self.settled_for = frozenset(self.kernels)
             else:
                 self._previous_size = size
                 self._size = size * (4 if gain is not None and gain < STEEP else 2)
                 self.settled = self.size == size  # a cap (memory, max) holds it here
-                self.learnt_here = self.settled
                 self.settled_for = frozenset(self.kernels) if self.settled else frozenset()
 
     def out_of_memory(self, n_calls):

@@ -85,9 +85,7 @@ class ClusterRouter:
     allows, else fails naming what the cluster has.
     """
 
-    gpus = ()
-    cpu = None
-    lost = {}
+    gpus = ()  # (no GPU worker thread in this process)
     placer = None  # learned placement is local only, for now
     cpu_slots = 1
 
@@ -98,9 +96,6 @@ class ClusterRouter:
 
     def configure(self, *args, **kwargs):
         """Nothing to choose per call: CPU parts go to Dask workers."""
-
-    def cpu_allowed(self, function):
-        return False  # (no GPU runs in this process: no out-of-memory fallback here)
 
     def split(self, items, ledger=None):
         """Positions of a batch's calls per part (:data:`GPU_PART`, :data:`CPU_PART`);

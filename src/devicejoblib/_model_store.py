@@ -109,7 +109,7 @@ def learnt_launch_size(device, kernels):
 def remember_launch_sizes(sizers):
     """Keep the launch sizes GPUs settled on (per kernel they fused), and save what this
     process learnt; an unwritable model file is a warning."""
-    settled = [s for s in sizers if s.settled and s.learnt_here and s.settled_for]
+    settled = [s for s in sizers if s.settled and s.settled_for]
     model = _models.get(model_path())
     if model is None and not settled:
         return  # nothing loaded, nothing learnt

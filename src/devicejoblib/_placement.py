@@ -111,7 +111,6 @@ class CostModel:
         self.histories = {}  # (kernel, device model) -> {bucket: History}
         self.launch_sizes = {}  # (device model, kernel) -> calls per fused launch
         self.dirty = set()  # keys of histories and launch sizes changed since the load
-        self.explored = 0  # calls sent to a device on purpose, to measure it
 
     def record(self, kernel, model, bucket, seconds_per_call):
         with self._lock:
@@ -196,7 +195,6 @@ class AutoPlacer:
                 device = self._to_explore(kernel, bucket, candidates)
                 if device is not None:  # the whole group measures that device
                     self._exploring.add((kernel, bucket, device.id))
-                    self.model.explored += len(positions)
                     ledger[(device.id, kernel, bucket)] = (0.0, ((kernel, bucket, device.id),))
                     self.decisions[(kernel, bucket, device.id, CALIBRATING)] += len(positions)
                     chosen.extend((p, device, (kernel, bucket)) for p in positions)
