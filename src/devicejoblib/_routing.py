@@ -228,18 +228,13 @@ class Router:
         """The target of a call of ``function`` routed to ``device``."""
         if device.is_gpu:
             return device.id
-        if function is not None and type(function) is Kernel and function.nogil:
+        if type(function) is Kernel and function.nogil:
             return CPU_THREADS
         return self.cpu_route
 
     def target(self, function, args, kwargs):
         """Where one call runs: a GPU's id, or :data:`CPU_PROCESSES` / :data:`CPU_THREADS`."""
-        device = self.route(function, args, kwargs)
-        if device.is_gpu:
-            return device.id
-        if type(function) is Kernel and function.nogil:
-            return CPU_THREADS
-        return self.cpu_route
+        return self._target_of(self.route(function, args, kwargs), function)
 
     def route_one(self, function, args, kwargs):
         """``(device, ledger entry or None)`` for one call run in the caller (n_jobs=1):
