@@ -1,30 +1,54 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: the whole test suite including GPU tests, then the
-# benchmarks on the real GPU(s); full logs go to the folder given (default $OUT or ./gpu-logs),
-# a short summary is printed last. Runs from the checkout: PYTHONPATH=src, no install.
+# One call on a lent GPU machine: the GPU tests, the main job with cpu, gpu and auto
+# placements (a cold model, then a warm one), the benchmarks, then the rest of the test
+# suite. Every step has a time limit, so that one hang cannot spend the lease; full logs go
+# to the folder given (default ./gpu-logs) and, under $OUT, into one tarball after each
+# step (the device tool brings back at most 8 files, and what a killed call left). A short summary is printed last. Runs from the
+# checkout: PYTHONPATH=src, no install.
 #   bash benchmarks/gpu_session.sh [LOG_DIR]
 set -u
 cd "$(dirname "$0")/.."
-logs=${1:-${OUT:-gpu-logs}}
+logs=${1:-gpu-logs}
 mkdir -p "$logs"
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
-
-{ nvidia-smi; python -m devicejoblib info; } > "$logs/info.txt" 2>&1
-python -m pytest -m "gpu or not slow" -p no:cacheprovider > "$logs/pytest.txt" 2>&1
-tests=$?
-benches="bench_import bench_dispatch bench_fusion bench_warm_start"
-for bench in $benches; do
-    python "benchmarks/$bench.py" > "$logs/$bench.txt" 2>&1
-done
-# the main job with cpu, gpu and auto placements: a cold model, then a warm one
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export DEVICEJOBLIB_MODEL_PATH="$logs/placement-model.json"
-for run in cold warm; do
-    python -m devicejoblib bench --repeat 3 --json "$logs/bench-$run.json" \
-        > "$logs/bench-$run.txt" 2>&1
-done
+start=$SECONDS
 
-echo "== devices"; sed -n '/^device /,/^$/p' "$logs/info.txt"
-echo "== pytest (exit $tests)"; tail -n 3 "$logs/pytest.txt"
-for bench in $benches; do echo "== $bench"; cat "$logs/$bench.txt"; done
-for run in cold warm; do echo "== devicejoblib bench, $run model"; tail -n 20 "$logs/bench-$run.txt"; done
-exit "$tests"
+step() {  # $1: seconds allowed, $2: log name, then the command
+    local limit=$1 name=$2
+    shift 2
+    local t0=$SECONDS
+    timeout -k 5 "$limit" "$@" > "$logs/$name.txt" 2>&1
+    local rc=$?
+    echo "$name: exit $rc after $((SECONDS - t0)) s" >> "$logs/steps.txt"
+    [ -n "${OUT:-}" ] && tar -czf "$OUT/gpu-logs.tar.gz" "$logs"  # kept if a later step hangs
+    return $rc
+}
+
+step 30 info bash -c 'nvidia-smi; python -c "import sys; print(sys.version)"; python -m devicejoblib info'
+step 180 pytest-gpu python -m pytest -m gpu -p no:cacheprovider -q --maxfail 20 --timeout 60
+gpu_tests=$?
+for run in cold warm; do
+    step 120 "bench-$run" python -m devicejoblib bench --repeat 3 --json "$logs/bench-$run.json"
+done
+step 60 bench_warm_start python benchmarks/bench_warm_start.py --calls 20000 --latency 2e-3
+for bench in bench_fusion bench_dispatch bench_import; do
+    step 90 "$bench" python "benchmarks/$bench.py"
+done
+step "${REST_LIMIT:-200}" pytest-rest python -m pytest -m "not gpu and not slow" \
+    -p no:cacheprovider -q --timeout 60
+
+{
+    cat "$logs/steps.txt"
+    echo "== devices"; sed -n '/^device /,/^$/p' "$logs/info.txt"
+    for name in pytest-gpu pytest-rest; do echo "== $name"; tail -n 25 "$logs/$name.txt"; done
+    for run in cold warm; do echo "== devicejoblib bench, $run model"; tail -n 24 "$logs/bench-$run.txt"; done
+    for bench in bench_warm_start bench_fusion bench_dispatch bench_import; do
+        echo "== $bench"; tail -n 30 "$logs/$bench.txt"
+    done
+    echo "== total $((SECONDS - start)) s"
+} | tee "$logs/summary.txt"
+if [ -n "${OUT:-}" ]; then
+    tar -czf "$OUT/gpu-logs.tar.gz" "$logs"
+fi
+exit "$gpu_tests"

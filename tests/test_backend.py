@@ -670,6 +670,8 @@ def test_a_gpu_whose_call_outlives_a_timeout_is_busy_then_lost(gpus):
         release.wait(60)
         return i
 
+    if len(gpus) < 2:
+        pytest.skip("needs two GPUs: the second takes the calls while the first is busy")
     first, second = gpus[0].id, gpus[1].id
     try:
         backend = DeviceBackend(placement="gpu")

@@ -162,6 +162,15 @@ def test_simulate_unless_real(no_gpu, n, expected):
         assert sum(d.simulated for d in devices()) == expected
 
 
+@pytest.mark.parametrize("n, expected", [(None, 3), (1, 1)])
+def test_simulate_unless_real_follows_the_environment_variable(monkeypatch, n, expected):
+    # set, the variable is obeyed on a machine with real GPUs as on one without
+    monkeypatch.setenv("DEVICEJOBLIB_SIMULATE_GPUS", "3")
+    with simulate_gpus.unless_real(n) as simulation:
+        assert simulation.n == expected
+        assert [d.simulated for d in devices() if d.is_gpu] == [True] * expected
+
+
 def test_simulated_loss_setting(monkeypatch):
     monkeypatch.setenv("DEVICEJOBLIB_SIMULATE_GPUS", "2")
     monkeypatch.setenv("DEVICEJOBLIB_SIMULATED_LOSS", "1:5")

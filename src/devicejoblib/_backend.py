@@ -655,20 +655,21 @@ def _rescue(backend_ref, device_id, error, task, future, on_done, done=()):
 _CPU_TRACKS = {CPU_PROCESSES: "cpu (processes)", CPU_THREADS: "cpu (threads)"}
 
 
-def _observed(router, trace, device, calls, n_calls, seconds):
+def _observed(router, trace, device, calls, n_calls, seconds, warm_up=False):
     """A GPU worker's group of ``n_calls`` took ``seconds``: a slice in the trace, a
-    sample for the cost model."""
+    sample for the cost model unless ``warm_up`` (a thread's first call of a function
+    pays its setup there)."""
     if trace is None and router.placer is None:
         return
     try:
         if trace is not None:
-            calls = list(calls)
             name, args = describe_part(calls)
             placed = "auto" if any(auto_kernel(f, router.auto) for f, _, _ in calls) \
                 else "rule"
             trace.slice(str(device), name, time.perf_counter() - seconds, seconds,
                         placed=placed, **args)
-        router.observe(device, calls, n_calls, seconds)
+        if not warm_up:
+            router.observe(device, calls, n_calls, seconds)
     except Exception as exc:  # never at the cost of the results
         _report_lost_bookkeeping("the trace or the placement model", exc)
 

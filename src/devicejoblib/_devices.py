@@ -177,9 +177,13 @@ class simulate_gpus:
 
     @classmethod
     def unless_real(cls, n=None, default=2):
-        """``simulate_gpus(n)``; with ``n`` None, ``default`` simulated GPUs when this
-        machine has no real GPU and none when it has (benchmarks and demos use this)."""
-        if n is None:
+        """``simulate_gpus(n)``; with ``n`` None, what ``DEVICEJOBLIB_SIMULATE_GPUS``
+        asks for where it is set, else ``default`` simulated GPUs when this machine has
+        no real GPU and none when it has (benchmarks and demos use this)."""
+        raw = os.environ.get(SIMULATE_GPUS_ENV, "").strip()
+        if n is None and raw:
+            n = _check_gpu_count(raw, SIMULATE_GPUS_ENV)
+        elif n is None:
             n = 0 if is_available(simulated=False) else default
         return cls(n)
 

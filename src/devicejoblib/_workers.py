@@ -17,6 +17,9 @@ from ._fusion import Failure, Lost
 _STOP = object()
 #: Load added to a GPU whose call outlived an abort: routing prefers any other device.
 _STUCK_LOAD = 1 << 40
+# per GPU worker thread: ids of the functions it has run (a thread's first launch of a
+# function pays for its setup there, such as CuPy's BLAS handle and kernel loading)
+_thread_state = threading.local()
 
 
 class _QueueThread(abc.ABC):
@@ -99,8 +102,9 @@ class GPUWorker(_QueueThread):
         the results of its calls that completed) and completes its future; without it
         such tasks fail with their error.
     observe : callable, optional
-        ``observe(calls, n_calls, seconds)``: told how long each group that completed
-        took (``calls`` an iterator over its calls), for the cost model.
+        ``observe(calls, n_calls, seconds, warm_up)``: told how long each group that
+        completed took (``calls`` a list of its calls; ``warm_up`` true when it held
+        the thread's first call of some function), for the trace and the cost model.
     """
 
     def __init__(self, device, execute, sizer, siblings=1, rescue=None, observe=None):
@@ -192,6 +196,7 @@ class GPUWorker(_QueueThread):
 
     def _run(self, items):
         bind_thread(self.device)
+        _thread_state.functions_run = set()
         try:
             sync, broken = self.device.platform.bind(self.device), None
             self.device.platform.limit_thread(self.siblings)
@@ -269,8 +274,7 @@ class GPUWorker(_QueueThread):
             results, launches = [Failure(exc)] * len(group), []
         seconds = time.perf_counter() - start
         if self._observe is not None and not any(isinstance(r, Failure) for r in results):
-            self._observe((call for task, _, _ in group for call in task.items), n_calls,
-                          seconds)
+            self._observe_group(group, n_calls, seconds)
         # fused launches say how the launch size pays; without any, the whole batch does
         for calls, launch_seconds in launches or [(n_calls, elapsed())]:
             self.sizer.record(calls, launch_seconds)
@@ -279,6 +283,17 @@ class GPUWorker(_QueueThread):
             self.batches += 1
             self.busy_seconds += seconds
         return results
+
+    def _observe_group(self, group, n_calls, seconds):
+        """Tell ``observe`` how long the group took, and whether it held this thread's
+        first call of some function: such a time is mostly setup (on an H200, samples
+        of 30-40 ms a call beside ones of 0.1 ms), a slice of the trace but no sample
+        for the cost model."""
+        calls = [call for task, _, _ in group for call in task.items]
+        seen = _thread_state.functions_run
+        new = {id(function) for function, _, _ in calls} - seen
+        seen.update(new)
+        self._observe(calls, n_calls, seconds, warm_up=bool(new))
 
     def _broken(self, cause, why):
         """A fresh error for each group (one instance re-raised would pile tracebacks).
