@@ -72,8 +72,10 @@ def test_bench_writes_table_json_and_plot(tmp_path):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
     proc = cli("bench", "--workload", "saxpy", "--sizes", "100,1000", "--calls", "20",
                "--repeat", "1", "--json", str(out_json), "--plot", str(out_png),
-               env={"DEVICEJOBLIB_SIMULATE_GPUS": "2"})
+               "--explain", env={"DEVICEJOBLIB_SIMULATE_GPUS": "2"})
     assert "SIMULATED" in proc.stdout
+    assert "size 1000, auto (the whole run, warm-up included):\n" \
+        "devicejoblib.kernels.elementwise.saxpy, size ~16.0 KiB:" in proc.stdout
     header = next(line for line in proc.stdout.splitlines() if "placement" in line)
     assert header.split()[:5] == ["size", "placement", "calls/s", "ms/call", "vs"]
     results = json.loads(out_json.read_text())

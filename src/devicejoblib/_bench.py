@@ -79,6 +79,8 @@ def add_arguments(parser):
                         help="simulated GPUs (default: 2 when this machine has no GPU)")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--plot", metavar="FILE", help="write a PNG plot (needs matplotlib)")
+    parser.add_argument("--explain", action="store_true",
+                        help="after the table, why each auto point's calls went where")
 
 
 def run(args):
@@ -102,6 +104,11 @@ def run(args):
         "mixed": [r for r in rows if r["size"] == "mixed"],
     }
     print(format_table(results))
+    if getattr(args, "explain", False):
+        for row in rows:
+            if "explain" in row:
+                print(f"\nsize {row['size']}, auto (the whole run, warm-up included):")
+                print(row["explain"])
     if args.json:
         with open(args.json, "w") as out:
             json.dump(results, out, indent=2)
@@ -140,6 +147,8 @@ def _measure(workload, points, n_calls, args):
         rows.append({"size": size, "placement": placement, "seconds": best,
                      "calls_per_second": n_calls / best, "ms_per_call": 1e3 * best / n_calls,
                      "ran_on": ran_on})
+        if placement == "auto":
+            rows[-1]["explain"] = backend.explain()
         bar.update(1, placement, total=len(points))
     bar.close()
     cpu = {r["size"]: r["seconds"] for r in rows if r["placement"] == "cpu"}
