@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import warnings
 
 import pytest
@@ -109,26 +108,6 @@ def test_a_worker_threads_first_call_is_setup_not_a_sample(two_gpus):
         assert [i for i, _ in out] == [7] * n_calls
     placed = collections.Counter(device.split(":")[0] for _, device in out)
     assert placed["cuda"] > placed["cpu"], backend.explain()
-
-
-def test_a_real_gpus_sample_leaves_out_time_off_the_gpu_and_the_cpu(gpus):
-    # the model's samples of a CuPy GPU leave out the waits of its thread (for the GIL,
-    # up to 5 ms a CuPy call while CPU workers keep the process busy)
-    device = gpus[0]
-    if device.simulated or device.platform.name != "cupy":
-        pytest.skip("the cost timer of CuPy GPUs: CUDA events and the thread's CPU time")
-    platform = device.platform
-    with platform.bound(device) as sync:
-        xp = platform.array_module()
-        a = xp.ones((2048, 2048), dtype=xp.float32)
-        timer, start = platform.start_cost_timer(device), time.perf_counter()
-        for _ in range(20):
-            a = a @ a / 2048
-        sync()
-        time.sleep(0.3)  # off the GPU and off the CPU, as a wait for the GIL is
-        cost, wall = timer(), time.perf_counter() - start
-    assert float(a[0, 0]) == 1.0
-    assert wall > 0.3 and 0 < cost < wall - 0.25
 
 
 PROCESS = """

@@ -655,11 +655,10 @@ def _rescue(backend_ref, device_id, error, task, future, on_done, done=()):
 _CPU_TRACKS = {CPU_PROCESSES: "cpu (processes)", CPU_THREADS: "cpu (threads)"}
 
 
-def _observed(router, trace, device, calls, n_calls, seconds, cost, warm_up=False):
-    """A GPU worker's group of ``n_calls`` took ``seconds``: a slice in the trace; and
-    ``cost`` seconds of the device's own (see ``Platform.start_cost_timer``), a sample
-    for the cost model unless ``warm_up`` (a thread's first call of a function pays
-    its setup there)."""
+def _observed(router, trace, device, calls, n_calls, seconds, warm_up=False):
+    """A GPU worker's group of ``n_calls`` took ``seconds``: a slice in the trace, a
+    sample for the cost model unless ``warm_up`` (a thread's first call of a function
+    pays its setup there)."""
     if trace is None and router.placer is None:
         return
     try:
@@ -670,7 +669,7 @@ def _observed(router, trace, device, calls, n_calls, seconds, cost, warm_up=Fals
             trace.slice(str(device), name, time.perf_counter() - seconds, seconds,
                         placed=placed, **args)
         if not warm_up:
-            router.observe(device, calls, n_calls, cost)
+            router.observe(device, calls, n_calls, seconds)
     except Exception as exc:  # never at the cost of the results
         _report_lost_bookkeeping("the trace or the placement model", exc)
 

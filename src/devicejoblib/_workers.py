@@ -102,9 +102,8 @@ class GPUWorker(_QueueThread):
         the results of its calls that completed) and completes its future; without it
         such tasks fail with their error.
     observe : callable, optional
-        ``observe(calls, n_calls, seconds, cost, warm_up)``: told how long each group
-        that completed took (``calls`` a list of its calls; ``cost`` its seconds as
-        the platform's ``start_cost_timer`` counts them; ``warm_up`` true when it held
+        ``observe(calls, n_calls, seconds, warm_up)``: told how long each group that
+        completed took (``calls`` a list of its calls; ``warm_up`` true when it held
         the thread's first call of some function), for the trace and the cost model.
     """
 
@@ -262,12 +261,9 @@ class GPUWorker(_QueueThread):
         timed for the sizer and the worker's counts."""
         start = time.perf_counter()
         elapsed = self.device.platform.start_timer(self.device)
-        cost, cost_timer = None, None
         try:
             if broken is not None:
                 raise self._broken(broken, "binding it to the device failed")
-            if self._observe is not None:
-                cost_timer = self.device.platform.start_cost_timer(self.device)
             epoch = self._epoch
             ran = self._execute([task for task, _, _ in group],
                                 lambda: self._epoch != epoch)
@@ -277,12 +273,8 @@ class GPUWorker(_QueueThread):
         except BaseException as exc:  # handed to the caller through the futures
             results, launches = [Failure(exc)] * len(group), []
         seconds = time.perf_counter() - start
-        if cost_timer is not None and not any(isinstance(r, Failure) for r in results):
-            try:
-                cost = cost_timer()
-            except Exception:  # a measurement that failed is no call's failure
-                cost = seconds
-            self._observe_group(group, n_calls, seconds, cost)
+        if self._observe is not None and not any(isinstance(r, Failure) for r in results):
+            self._observe_group(group, n_calls, seconds)
         # fused launches say how the launch size pays; without any, the whole batch does
         for calls, launch_seconds in launches or [(n_calls, elapsed())]:
             self.sizer.record(calls, launch_seconds)
@@ -292,16 +284,16 @@ class GPUWorker(_QueueThread):
             self.busy_seconds += seconds
         return results
 
-    def _observe_group(self, group, n_calls, seconds, cost):
-        """Tell ``observe`` how long the group took (``seconds``, and ``cost`` as the
-        placement model counts it), and whether it held this thread's first call of
-        some function: such a time is mostly setup (on an H200, samples of 30-40 ms a
-        call beside ones of 0.1 ms), a slice of the trace but no sample for the model."""
+    def _observe_group(self, group, n_calls, seconds):
+        """Tell ``observe`` how long the group took, and whether it held this thread's
+        first call of some function: such a time is mostly setup (on an H200, samples
+        of 30-40 ms a call beside ones of 0.1 ms), a slice of the trace but no sample
+        for the cost model."""
         calls = [call for task, _, _ in group for call in task.items]
         seen = _thread_state.functions_run
         new = {id(function) for function, _, _ in calls} - seen
         seen.update(new)
-        self._observe(calls, n_calls, seconds, cost, warm_up=bool(new))
+        self._observe(calls, n_calls, seconds, warm_up=bool(new))
 
     def _broken(self, cause, why):
         """A fresh error for each group (one instance re-raised would pile tracebacks).

@@ -102,13 +102,8 @@ class Platform(abc.ABC):
 
     def start_timer(self, device):
         """Start timing a launch on ``device``; the returned function gives its seconds."""
-        return wall_timer()
-
-    def start_cost_timer(self, device):
-        """Start timing a worker's group of calls on ``device`` as the placement model
-        counts it; the returned function, called once the group's work is done, gives
-        its seconds. Wall-clock time here."""
-        return wall_timer()
+        start = time.perf_counter()
+        return lambda: time.perf_counter() - start
 
     def simulate_launch(self, device, arguments=()):
         """Stand for a launch's fixed cost and its device memory, given the values it
@@ -199,9 +194,3 @@ def _numpy():
     import numpy
 
     return numpy
-
-
-def wall_timer():
-    """A function giving the seconds since this call."""
-    start = time.perf_counter()
-    return lambda: time.perf_counter() - start

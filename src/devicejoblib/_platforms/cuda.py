@@ -6,7 +6,6 @@ import contextlib
 import ctypes
 import os
 import sys
-import time
 
 from .base import Platform
 
@@ -113,27 +112,6 @@ class CuPyPlatform(CUDAPlatform):
         import cupy
 
         cupy.cuda.get_current_stream().synchronize()
-
-    def start_cost_timer(self, device):
-        """The group's cost without the time its thread waited for the GIL (up to the
-        5 ms switch interval at each CuPy call while CPU workers' results keep the
-        process busy: on an H200, calls of 0.1 ms measured 2-15 ms): the larger of the
-        thread's CPU time and the GPU's time on the worker's stream (CUDA events)."""
-        import cupy
-
-        stream = cupy.cuda.get_current_stream()
-        begin = cupy.cuda.Event()
-        begin.record(stream)
-        host = time.thread_time()
-
-        def elapsed():
-            end = cupy.cuda.Event()
-            end.record(stream)
-            end.synchronize()
-            on_gpu = cupy.cuda.get_elapsed_time(begin, end) / 1e3
-            return max(time.thread_time() - host, on_gpu)
-
-        return elapsed
 
     def array_module(self):
         import cupy
