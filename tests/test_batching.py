@@ -37,9 +37,11 @@ def test_grows_while_time_per_call_falls_then_keeps_the_best():
     # launch overhead of 1 ms amortised over the batch, plus 10 us of work per call:
     # doubling stops paying (< 10 % better) once the overhead per call is small
     sizes = [feed(sizer, lambda n: 1e-3 / n + 1e-5) for _ in range(12)]
-    # 8 -> 16 (no gain known yet), then x4 while the time per call nearly halves,
-    # x2 while it falls by 10 % or more, then the best size
-    assert sizes[:6] == [8, 16, 64, 256, 1024, 2048]
+    # 8 -> 16 (no gain known yet); the fit of 1 ms + 10 us a call to 8 and 16 wants
+    # 900 calls for the overhead to be a tenth: x16 (the most), then x4 (256 -> 1024, the
+    # power of two nearest 900/256); then x2 while the time per call falls by 10 % or
+    # more, then the best size
+    assert sizes[:5] == [8, 16, 256, 1024, 2048]
     assert sizer.settled
     best = min(sizer.describe()["per_call_seconds"].items(), key=lambda kv: kv[1])[0]
     assert sizer.size == best == 2048
@@ -57,7 +59,14 @@ def test_one_slow_sample_does_not_stop_growth():
     feed(sizer, lambda n: 1e-3 / n)
     sizer.record(16, 1.0)  # another thread held the GIL
     sizer.record(16, 1e-3)
-    assert not sizer.settled and sizer.size == 64  # time per call halved: x4
+    assert not sizer.settled and sizer.size == 256  # all overhead: x16, the most
+
+
+def test_a_launch_cost_of_60_ms_is_amortised_in_few_launches():
+    # as a real GPU's logistic-map launches (H200): 60 ms each, 1 us of work a call
+    sizer = GPUBatchSizer(gpu(sms=132))
+    sizes = [feed(sizer, lambda n: 60e-3 / n + 1e-6) for _ in range(4)]
+    assert sizes == [132, 264, 4224, 67584]  # x2 (nothing to fit yet), then x16, x16
 
 
 def test_partial_batches_say_nothing():

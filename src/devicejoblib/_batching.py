@@ -10,6 +10,7 @@ size handed to joblib while calls go to GPUs, and joblib's auto batching for the
 
 from __future__ import annotations
 
+import math
 import threading
 
 from ._joblib_adapters import cpu_auto_batching
@@ -18,9 +19,11 @@ from ._utils import check_count
 
 #: Growth stops when doubling the batch no longer cuts the time per call by this factor.
 PLATEAU = 0.9
-#: Below this factor (overhead still dominates: time per call nearly halved), the size
-#: quadruples instead of doubling, so that the ramp costs fewer small launches.
-STEEP = 0.6
+#: While growing, the launch size aims at launches whose fixed overhead is at most this
+#: share of their time, by the overhead and time per call fitted to the last two sizes.
+OVERHEAD_SHARE = 0.1
+#: The most the launch size grows in one step (the fit comes from smaller launches).
+MAX_GROWTH = 16
 #: Fraction of a GPU's free memory one batch's arguments and results may use.
 MEMORY_FRACTION = 0.5
 MIN_START = 8
@@ -209,10 +212,27 @@ class GPUBatchSizer:
                 self.settled = True
                 self.settled_for = frozenset(self.kernels)
             else:
+                growth = self._growth(self._previous_size, size)
                 self._previous_size = size
-                self._size = size * (4 if gain is not None and gain < STEEP else 2)
+                self._size = size * growth
                 self.settled = self.size == size  # a cap (memory, max) holds it here
                 self.settled_for = frozenset(self.kernels) if self.settled else frozenset()
+
+    def _growth(self, previous, size):
+        """How many times larger the next launch size is: 2 without an earlier size;
+        else, fitting ``seconds = overhead + n * per_call`` to the two sizes, enough for
+        the overhead to be ``OVERHEAD_SHARE`` of a launch (a power of two from 2 to
+        ``MAX_GROWTH``: a launch cost of 60 ms, as a real GPU's logistic-map launches
+        had, no longer takes 2 launches at each of 6 sizes to amortise)."""
+        if previous is None:
+            return 2
+        t_previous, t_size = (self._per_call[n] * n for n in (previous, size))
+        per_call = (t_size - t_previous) / (size - previous)
+        overhead = t_previous - per_call * previous
+        if per_call <= 0:
+            return MAX_GROWTH
+        wanted = overhead * (1 - OVERHEAD_SHARE) / OVERHEAD_SHARE / per_call
+        return min(max(2, 2 ** round(math.log2(max(wanted / size, 1)))), MAX_GROWTH)
 
     def out_of_memory(self, n_calls):
         """A batch of ``n_calls`` did not fit: never try that many again."""
