@@ -34,7 +34,7 @@ from ._joblib_adapters import (
 )
 from ._kernels import ResidentHold
 from ._model_store import learnt_launch_size, remember_launch_sizes
-from ._placement import auto_kernel, is_auto
+from ._placement import auto_kernel, hold_first, is_auto, release_held
 from ._platforms import HOST
 from ._progress import Progress
 from ._routing import CPU_PROCESSES, CPU_THREADS, Router, route_of
@@ -133,7 +133,8 @@ class DeviceBackend(ParallelBackendBase):
             self.workers[device.id] = GPUWorker(
                 device, execute, sizer, self._per_platform[device.platform],
                 rescue=functools.partial(_rescue, weakref.ref(self), device.id),
-                observe=functools.partial(_observed, self.router, self._trace, device))
+                observe=functools.partial(_observed, self.router, self._trace, device),
+                on_exit=functools.partial(_thread_ends, self.router))
         self.batching.learnt = learnt_launch_size
         self._host_limits = contextlib.ExitStack()
         self._cpu = {}  # CPU route -> (submit, shutdown, abort)
@@ -389,8 +390,8 @@ class DeviceBackend(ParallelBackendBase):
             return self._run_here(device, kernel, args, kwargs)
         finally:
             if placed is not None:  # a call placed by the cost model: its sample
-                self.router.observe(device, [(kernel, args, kwargs)], 1,
-                                    time.perf_counter() - start)
+                key = self.router.sample_key(device, [(kernel, args, kwargs)])
+                _sample(self.router, key, 1, time.perf_counter() - start)
                 self.router.settle(placed)
 
     def _run_here(self, device, kernel, args, kwargs):
@@ -655,10 +656,9 @@ def _rescue(backend_ref, device_id, error, task, future, on_done, done=()):
 _CPU_TRACKS = {CPU_PROCESSES: "cpu (processes)", CPU_THREADS: "cpu (threads)"}
 
 
-def _observed(router, trace, device, calls, n_calls, seconds, warm_up=False):
+def _observed(router, trace, device, calls, n_calls, seconds):
     """A GPU worker's group of ``n_calls`` took ``seconds``: a slice in the trace, a
-    sample for the cost model unless ``warm_up`` (a thread's first call of a function
-    pays its setup there)."""
+    sample for the cost model (held back if it is the thread's first of its kind)."""
     if trace is None and router.placer is None:
         return
     try:
@@ -668,10 +668,27 @@ def _observed(router, trace, device, calls, n_calls, seconds, warm_up=False):
                 else "rule"
             trace.slice(str(device), name, time.perf_counter() - seconds, seconds,
                         placed=placed, **args)
-        if not warm_up:
-            router.observe(device, calls, n_calls, seconds)
+        _sample(router, router.sample_key(device, calls), n_calls, seconds)
     except Exception as exc:  # never at the cost of the results
         _report_lost_bookkeeping("the trace or the placement model", exc)
+
+
+def _sample(router, key, n_calls, seconds):
+    """Record a sample of ``key`` unless it is this thread's first (held back)."""
+    if key is not None:
+        sample = hold_first(key, n_calls, seconds)
+        if sample is not None:
+            router.record(key, *sample)
+
+
+def _thread_ends(router):
+    """A GPU worker thread ends: its held first samples that no later one followed are
+    samples after all."""
+    try:
+        for key, n_calls, seconds in release_held():
+            router.record(key, n_calls, seconds)
+    except Exception as exc:  # never at the cost of the results
+        _report_lost_bookkeeping("the placement model", exc)
 
 
 def _after(bookkeeping, callback, what):

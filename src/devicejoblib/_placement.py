@@ -101,6 +101,30 @@ class History:
         return float(np.median(self.samples)) if self.samples else None
 
 
+_held = threading.local()  # per thread: sample key -> its first sample, held back
+
+
+def hold_first(key, n_calls, seconds):
+    """A sample this thread took of ``key``: None when it is the thread's first (a
+    thread's first launch of a kernel is mostly setup, such as CuPy's per-thread handles:
+    30-40 ms a call beside 0.1 ms later on an H200), which is held back; else
+    ``(n_calls, seconds)`` to record, and the held one is dropped."""
+    held = _held.__dict__.setdefault("samples", {})
+    if key not in held:
+        held[key] = (n_calls, seconds)
+        return None
+    held[key] = None
+    return n_calls, seconds
+
+
+def release_held():
+    """The calling thread ends: its first samples that no later one followed, as
+    ``[(key, n_calls, seconds)]`` to record (a thread that ran a kernel once paid its
+    setup for those calls alone: that is what they cost)."""
+    held = _held.__dict__.pop("samples", {})
+    return [(key, *sample) for key, sample in held.items() if sample is not None]
+
+
 class CostModel:
     """Run-time histories per (kernel, device model, footprint), and each device model's
     settled launch size per kernel; shared by every backend of a process (and saved

@@ -198,19 +198,32 @@ class Router:
 
     def observe(self, device, items, n_calls, seconds):
         """A worker ran ``items`` (among ``n_calls`` calls) on ``device`` in ``seconds``:
-        a sample of each auto kernel and footprint among them."""
-        if not n_calls or self.placer is None:
-            return
+        a sample of the auto kernel and footprint they are calls of."""
+        self.record(self.sample_key(device, items), n_calls, seconds)
+
+    def sample_key(self, device, items):
+        """``(kernel, device model, footprint)`` the cost model learns ``items`` (calls run
+        together on ``device``) under, or None: not all calls of one auto kernel and
+        footprint, or no model in use."""
+        if self.placer is None:
+            return None
         keys = set()
         for function, args, kwargs in items:
             if not auto_kernel(function, self.auto):
-                return  # a part of other calls too: its time is not this kernel's
+                return None  # a part of other calls too: its time is not this kernel's
             keys.add((kernel_key(function), footprint(args, kwargs)))
             if len(keys) > 1:
-                return  # (parts of several kernels or sizes, run together: the same)
-        if keys:
-            (kernel, bucket), = keys
-            self.placer.model.record(kernel, device_model(device), bucket, seconds / n_calls)
+                return None  # (parts of several kernels or sizes, run together: the same)
+        if not keys:
+            return None
+        (kernel, bucket), = keys
+        return kernel, device_model(device), bucket
+
+    def record(self, key, n_calls, seconds):
+        """A sample: ``n_calls`` calls under ``key`` (from :meth:`sample_key`) took
+        ``seconds``."""
+        if key is not None and n_calls:
+            self.placer.model.record(*key, seconds / n_calls)
 
     def _candidates(self, function):
         """The devices an auto kernel's calls may use: allowed, not lost, able to run it."""

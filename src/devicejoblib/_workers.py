@@ -17,9 +17,6 @@ from ._fusion import Failure, Lost
 _STOP = object()
 #: Load added to a GPU whose call outlived an abort: routing prefers any other device.
 _STUCK_LOAD = 1 << 40
-# per GPU worker thread: ids of the functions it has run (a thread's first launch of a
-# function pays for its setup there, such as CuPy's BLAS handle and kernel loading)
-_thread_state = threading.local()
 
 
 class _QueueThread(abc.ABC):
@@ -102,12 +99,15 @@ class GPUWorker(_QueueThread):
         the results of its calls that completed) and completes its future; without it
         such tasks fail with their error.
     observe : callable, optional
-        ``observe(calls, n_calls, seconds, warm_up)``: told how long each group that
-        completed took (``calls`` a list of its calls; ``warm_up`` true when it held
-        the thread's first call of some function), for the trace and the cost model.
+        ``observe(calls, n_calls, seconds)``: told how long each group that completed
+        took (``calls`` a list of its calls), for the trace and the cost model.
+    on_exit : callable, optional
+        Called by each worker thread as it ends (the cost model takes the samples it
+        held back).
     """
 
-    def __init__(self, device, execute, sizer, siblings=1, rescue=None, observe=None):
+    def __init__(self, device, execute, sizer, siblings=1, rescue=None, observe=None,
+                 on_exit=None):
         super().__init__(f"devicejoblib-{device.id}")
         self.device = device
         self.sizer = sizer
@@ -120,6 +120,7 @@ class GPUWorker(_QueueThread):
         self._execute = execute
         self._rescue = rescue
         self._observe = observe
+        self._on_exit = on_exit
         self.lost = None  # the BrokenDeviceError once the device is lost
         self._abandoned = []  # (thread, deadline or None) of calls left running by aborts
         self._queued = {}  # future -> calls, of tasks not started: what cancel_pending() cancels
@@ -196,21 +197,24 @@ class GPUWorker(_QueueThread):
 
     def _run(self, items):
         bind_thread(self.device)
-        _thread_state.functions_run = set()
         try:
             sync, broken = self.device.platform.bind(self.device), None
             self.device.platform.limit_thread(self.siblings)
         except Exception as exc:  # every task fails with it: nothing may wait forever
             sync, broken = None, exc
         held = None
-        while True:
-            group, held = self._next_group(items, held)
-            if group is None:
-                return
-            # a method of its own, so that nothing of the batch (joblib's callbacks hold
-            # the Parallel call and its backend) stays referenced while the worker idles
-            self._run_group(self._start(group), sync, broken)
-            del group
+        try:
+            while True:
+                group, held = self._next_group(items, held)
+                if group is None:
+                    return
+                # a method of its own, so that nothing of the batch (joblib's callbacks
+                # hold the Parallel call and its backend) stays referenced while idle
+                self._run_group(self._start(group), sync, broken)
+                del group
+        finally:
+            if self._on_exit is not None:
+                self._on_exit()
 
     def _start(self, group):
         """The tasks of ``group`` that were not cancelled, now marked running."""
@@ -274,7 +278,8 @@ class GPUWorker(_QueueThread):
             results, launches = [Failure(exc)] * len(group), []
         seconds = time.perf_counter() - start
         if self._observe is not None and not any(isinstance(r, Failure) for r in results):
-            self._observe_group(group, n_calls, seconds)
+            self._observe([call for task, _, _ in group for call in task.items], n_calls,
+                          seconds)
         # fused launches say how the launch size pays; without any, the whole batch does
         for calls, launch_seconds in launches or [(n_calls, elapsed())]:
             self.sizer.record(calls, launch_seconds)
@@ -283,17 +288,6 @@ class GPUWorker(_QueueThread):
             self.batches += 1
             self.busy_seconds += seconds
         return results
-
-    def _observe_group(self, group, n_calls, seconds):
-        """Tell ``observe`` how long the group took, and whether it held this thread's
-        first call of some function: such a time is mostly setup (on an H200, samples
-        of 30-40 ms a call beside ones of 0.1 ms), a slice of the trace but no sample
-        for the cost model."""
-        calls = [call for task, _, _ in group for call in task.items]
-        seen = _thread_state.functions_run
-        new = {id(function) for function, _, _ in calls} - seen
-        seen.update(new)
-        self._observe(calls, n_calls, seconds, warm_up=bool(new))
 
     def _broken(self, cause, why):
         """A fresh error for each group (one instance re-raised would pile tracebacks).
