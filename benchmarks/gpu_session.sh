@@ -13,6 +13,7 @@ mkdir -p "$logs"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export DEVICEJOBLIB_MODEL_PATH="$logs/placement-model.json"
 start=$SECONDS
+: > "$logs/steps.txt"
 
 step() {  # $1: seconds allowed, $2: log name, then the command; skipped if named in $SKIP
     local limit=$1 name=$2

@@ -69,6 +69,13 @@ def test_a_launch_cost_of_60_ms_is_amortised_in_few_launches():
     assert sizes == [132, 264, 4224, 67584]  # x2 (nothing to fit yet), then x16, x16
 
 
+def test_launches_too_quick_for_the_clock_do_not_break_the_sizer():
+    sizer = GPUBatchSizer(gpu())
+    feed(sizer, lambda n: 0.0)  # a coarse clock read no time at all
+    feed(sizer, lambda n: 1e-3 / n)
+    assert sizer.size > 16 and not sizer.settled
+
+
 def test_partial_batches_say_nothing():
     sizer = GPUBatchSizer(gpu())
     sizer.record(3, 1.0)

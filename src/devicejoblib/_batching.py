@@ -206,7 +206,7 @@ class GPUBatchSizer:
             if self._samples[size] < SAMPLES:
                 return
             previous = self._per_call.get(self._previous_size)
-            gain = None if previous is None else self._per_call[size] / previous
+            gain = None if not previous else self._per_call[size] / previous  # (0: no clock tick)
             if gain is not None and gain > PLATEAU:
                 self._size = min(self._per_call, key=self._per_call.get)
                 self.settled = True
