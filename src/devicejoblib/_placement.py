@@ -17,6 +17,7 @@ predicted from the calibrated ones by a regression of log time on log size.
 from __future__ import annotations
 
 import collections
+import heapq
 import math
 import threading
 
@@ -33,7 +34,7 @@ KEEP = 32
 #: Seconds of predicted work above which a batch's calls of one kernel and footprint are
 #: spread over the devices call by call; below, they go to one device together (a part
 #: costs a dispatch: well under this).
-SPLIT_ABOVE = 0.02
+SPLIT_ABOVE = 0.2
 #: Footprint buckets per doubling of a call's size.
 BUCKETS_PER_OCTAVE = 2
 
@@ -200,7 +201,7 @@ class AutoPlacer:
 
     def place(self, items, candidates_of):
         """Devices for the calls ``items`` (``(kernel, args, kwargs)``, all auto):
-        ``([(position, device, (kernel name, footprint))], ledger)``; the ledger
+        ``([(positions, device, (kernel name, footprint))], ledger)``; the ledger
         (``(device id, kernel name, footprint)`` -> ``(seconds, exploring keys)``) goes
         back to :meth:`settle` when each such part is done.
 
@@ -221,7 +222,7 @@ class AutoPlacer:
                     self._exploring.add((kernel, bucket, device.id))
                     ledger[(device.id, kernel, bucket)] = (0.0, ((kernel, bucket, device.id),))
                     self.decisions[(kernel, bucket, device.id, CALIBRATING)] += len(positions)
-                    chosen.extend((p, device, (kernel, bucket)) for p in positions)
+                    chosen.append((positions, device, (kernel, bucket)))
                     continue
                 per_call = {d.id: self._predicted(kernel, bucket, d) for d in candidates}
                 why = ONLY_ONE if len(candidates) == 1 else FASTEST
@@ -229,16 +230,41 @@ class AutoPlacer:
                 # each part would pay a dispatch and fuse less; batches in flight spread
                 # over the devices). A group of much work is spread call by call.
                 whole = len(positions) * min(per_call.values()) < SPLIT_ABOVE
-                for chunk in ([positions] if whole else [[p] for p in positions]):
+                if whole:
                     device = min(candidates, key=lambda d: self._finish(
-                        d, len(chunk) * per_call[d.id]))
+                        d, len(positions) * per_call[d.id]))
+                    chunks = [(device, positions)]
+                else:
+                    chunks = self._spread(positions, candidates, per_call)
+                for device, chunk in chunks:
                     seconds = len(chunk) * per_call[device.id]
                     self.pending[device.id] += seconds
                     spent, marks = ledger.get((device.id, kernel, bucket), (0.0, ()))
                     ledger[(device.id, kernel, bucket)] = (spent + seconds, marks)
                     self.decisions[(kernel, bucket, device.id, why)] += len(chunk)
-                    chosen.extend((p, device, (kernel, bucket)) for p in chunk)
+                    chosen.append((chunk, device, (kernel, bucket)))
         return chosen, ledger
+
+    def _spread(self, positions, candidates, per_call):
+        """``[(device, positions)]``: the calls at ``positions`` given one by one to the
+        device where each is expected to finish first (a heap, then one contiguous
+        chunk per device: the bookkeeping is per device, not per call)."""
+        added = [0.0] * len(candidates)
+        heap = [(self._finish(d, per_call[d.id]), i) for i, d in enumerate(candidates)]
+        heapq.heapify(heap)
+        counts = [0] * len(candidates)
+        for _ in positions:
+            _, i = heapq.heappop(heap)
+            device = candidates[i]
+            added[i] += per_call[device.id]
+            counts[i] += 1
+            heapq.heappush(heap, (self._finish(device, per_call[device.id], added[i]), i))
+        chunks, start = [], 0
+        for device, n in zip(candidates, counts):
+            if n:
+                chunks.append((device, positions[start:start + n]))
+                start += n
+        return chunks
 
     def settle(self, device_id, entry):
         """A part that queued ``entry`` (from :meth:`place`'s ledger) on ``device_id`` is
@@ -265,10 +291,11 @@ class AutoPlacer:
         seconds, _ = self.model.predict(kernel, device_model(device), bucket)
         return 0.0 if seconds is None else seconds
 
-    def _finish(self, device, seconds):
+    def _finish(self, device, seconds, queued=0.0):
         """When a part of ``seconds`` would finish on ``device``: after the work queued
-        there (shared by its parallel workers), run by one of them."""
-        return self.pending[device.id] / max(self._slots(device), 1) + seconds
+        there (and ``queued`` seconds more; shared by its parallel workers), run by one
+        of them."""
+        return (self.pending[device.id] + queued) / max(self._slots(device), 1) + seconds
 
     def calls_per_device(self):
         """``{device id: {"auto_calls": n, "calibrating_calls": m}}``: calls placed

@@ -184,10 +184,10 @@ class Router:
 
             self.placer = AutoPlacer(get_model(), self._slots)
         chosen, entries = self.placer.place([items[p] for p in positions], self._candidates)
-        for index, device, key in chosen:
+        for indices, device, key in chosen:
             # a part per kernel and footprint: the workers' measurements of it are its own
-            target = (self._target_of(device, items[positions[index]][0]), *key)
-            groups.setdefault(target, []).append(positions[index])
+            target = (self._target_of(device, items[positions[indices[0]]][0]), *key)
+            groups.setdefault(target, []).extend(positions[i] for i in indices)
             if ledger is not None and (device.id, *key) in entries:
                 ledger[target] = (device.id, entries.pop((device.id, *key)))
 
