@@ -5,6 +5,7 @@ calls must end on the CPU, large ones on the GPUs."""
 import collections
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -134,6 +135,16 @@ def test_a_thread_that_ran_a_kernel_once_paid_its_setup_for_those_calls(two_gpus
     before = calibrating(backend)
     Parallel(n_jobs=2, backend=backend)(delayed(set_up_per_thread)(7) for _ in range(2))
     assert calibrating(backend) == before, backend.explain()
+
+
+def test_what_a_calls_ending_threads_release_is_saved_with_it(two_gpus):
+    for _ in range(12):
+        backend = DeviceBackend(placement="auto", cpu_backend="threading")
+        Parallel(n_jobs=2, backend=backend)(delayed(set_up_per_thread)(7) for _ in range(2))
+        known = re.search(r"cuda:simulated GPU: .*\b(\d+) samples\)", backend.explain())
+        saved = len(gpu_samples("device_kernels.set_up_per_thread"))
+        assert saved == (int(known.group(1)) if known else 0), backend.explain()
+    assert saved > 0
 
 
 PROCESS = """

@@ -291,7 +291,6 @@ class DeviceBackend(ParallelBackendBase):
         for _, shutdown, _ in executors.values():
             shutdown()
         self._host_limits.close()
-        remember_launch_sizes(self.batching.launch_sizers.values())
         if self._progress is not None:
             self._progress.close()
             self._progress = None
@@ -309,6 +308,8 @@ class DeviceBackend(ParallelBackendBase):
             # what they learnt, until the backend is collected or shut down.
             self._stop(wait=not self._aborted)
         self._aborted = False
+        # (after the threads stopped: what they held back for the model is saved too)
+        remember_launch_sizes(self.batching.launch_sizers.values())
 
     # --- devicejoblib's own -------------------------------------------------------------
 
@@ -320,6 +321,7 @@ class DeviceBackend(ParallelBackendBase):
         self._stop(wait)
         if self.cluster is not None:
             self.cluster.close()
+        remember_launch_sizes(self.batching.launch_sizers.values())
 
     def _stop(self, wait):
         self._accepting = False
@@ -391,7 +393,11 @@ class DeviceBackend(ParallelBackendBase):
         finally:
             if placed is not None:  # a call placed by the cost model: its sample
                 key = self.router.sample_key(device, [(kernel, args, kwargs)])
-                _sample(self.router, key, 1, time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                if device.is_gpu:  # (this thread's first launch there is held back)
+                    _sample(self.router, key, 1, seconds)
+                else:
+                    self.router.record(key, 1, seconds)
                 self.router.settle(placed)
 
     def _run_here(self, device, kernel, args, kwargs):

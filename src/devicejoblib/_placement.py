@@ -126,9 +126,9 @@ def hold_first(key, n_calls, seconds):
 
 
 def release_held():
-    """The calling thread ends: its first samples that no later one followed, as
-    ``[(key, n_calls, seconds)]`` to record (a thread that ran a kernel once paid its
-    setup for those calls alone: that is what they cost)."""
+    """The calling thread ends: its first samples of keys it took no later sample of, as
+    ``[(key, n_calls, seconds)]`` to record (a thread that ran a kernel at a footprint
+    once paid its setup for those calls alone: that is what they cost)."""
     held = _held.__dict__.pop("samples", {})
     return [(key, *sample) for key, sample in held.items() if sample is not None]
 
