@@ -109,9 +109,10 @@ class GPUBatchSizer:
     """The batch size of one GPU, and the measurements it is chosen from.
 
     Policy: start from the device's multiprocessor count (at least 8 calls); after
-    ``SAMPLES`` full batches at a size, double it while the time per call keeps falling
-    by 10 % or more (launch and synchronisation overhead being amortised; quadruple it
-    while the time per call nearly halves), then keep the best size seen.
+    ``SAMPLES`` full batches at a size, grow it while the time per call keeps falling
+    by 10 % or more (launch and synchronisation overhead being amortised): double it
+    first, then jump to where a fitted fixed overhead is ``OVERHEAD_SHARE`` of a launch
+    (2 to ``MAX_GROWTH`` times); then keep the best size seen.
     Never exceed ``MEMORY_FRACTION`` of the device's free memory, estimated from the
     bytes each call moves; halve the size on out-of-memory. A fixed size (the user's
     ``batch_size=<int>``) wins over all of this; ``max_batch_size`` caps it.
