@@ -95,12 +95,12 @@ def run(args):
         if len(placements) > 1 and len(sizes) > 1:  # small and large calls interleaved
             points += [("mixed", placement) for placement in placements]
         rows = _measure(workload, points, n_calls, args)
+    sized = [r for r in rows if r["size"] != "mixed"]
     results = {
         "devicejoblib": __version__, "python": platform.python_version(),
         "workload": workload.name, "size_means": workload.size_means, "calls": n_calls,
         "n_jobs": args.n_jobs, "devices": [d.to_dict() for d in machine],
-        "simulated_gpus": simulation.n, "crossover": crossover(rows),
-        "rows": [r for r in rows if r["size"] != "mixed"],
+        "simulated_gpus": simulation.n, "crossover": crossover(sized), "rows": sized,
         "mixed": [r for r in rows if r["size"] == "mixed"],
     }
     print(format_table(results))
@@ -124,13 +124,11 @@ def _measure(workload, points, n_calls, args):
 
     sizes = sorted({size for size, _ in points if size != "mixed"})
     rows, bar = [], Progress(desc=f"devicejoblib bench {workload.name}", unit="points")
+    made = {}  # size -> the calls of a point (the same for every placement)
     for size, placement in points:
-        if size == "mixed":
-            small = workload.make(sizes[0], (n_calls + 1) // 2)
-            large = workload.make(sizes[-1], n_calls // 2)
-            calls = [c for pair in zip(small, large) for c in pair] + small[len(large):]
-        else:
-            calls = workload.make(size, n_calls)
+        calls = made.get(size)
+        if calls is None:
+            calls = made[size] = _calls(workload, size, sizes, n_calls)
         backend = DeviceBackend(placement=placement)
         with Parallel(n_jobs=args.n_jobs, backend=backend) as parallel:
             parallel(delayed(k)(*a) for k, a in calls[:max(len(calls) // 10, 1)])  # warm up
@@ -157,11 +155,20 @@ def _measure(workload, points, n_calls, args):
     return rows
 
 
+def _calls(workload, size, sizes, n_calls):
+    """A point's calls: of one size, or "mixed" (the smallest and largest interleaved)."""
+    if size != "mixed":
+        return workload.make(size, n_calls)
+    small = workload.make(sizes[0], (n_calls + 1) // 2)
+    large = workload.make(sizes[-1], n_calls // 2)
+    return [c for pair in zip(small, large) for c in pair] + small[len(large):]
+
+
 def crossover(rows):
     """The size from which the GPU placement stays faster, after a smaller size where the
     CPU was as fast or faster; None when one placement wins at every size."""
     speedups = sorted((r["size"], r["speedup_vs_cpu"]) for r in rows
-                      if r["placement"] == "gpu" and r["size"] != "mixed")
+                      if r["placement"] == "gpu")
     for i, (size, _) in enumerate(speedups):
         if all(s > 1 for _, s in speedups[i:]):
             return size if i > 0 else None

@@ -53,6 +53,7 @@ def main(argv=None):
 def model_command(action, as_json=False):
     """What ``devicejoblib model <action>`` prints."""
     from . import _model_store
+    from ._placement import format_per_call
 
     if action == "path":
         path = _model_store.model_path()
@@ -69,10 +70,9 @@ def model_command(action, as_json=False):
     if not shown["histories"] and not shown["launch_sizes"]:
         lines.append("  nothing learnt yet")
     for row in shown["histories"]:
-        seconds = row["seconds_per_call"]
         lines.append(f"  {row['kernel']} on {row['device']}, size ~{row['size']}: "
-                     + ("no estimate" if seconds is None else f"{seconds * 1e6:.1f} us/call")
-                     + f" ({row['how']}, {row['samples']} samples)")
+                     f"{format_per_call(row['seconds_per_call'])} "
+                     f"({row['how']}, {row['samples']} samples)")
     for row in shown["launch_sizes"]:
         lines.append(f"  {row['kernel']} on {row['device']}: launches of "
                      f"{row['launch_size']} calls")

@@ -87,7 +87,6 @@ class ClusterRouter:
 
     gpus = ()  # (no GPU worker thread in this process)
     placer = None  # learned placement is local only, for now
-    cpu_slots = 1
 
     def __init__(self, cluster, placement=None):
         self.cluster = cluster

@@ -12,12 +12,11 @@ import contextlib
 import json
 import os
 import platform
-import tempfile
 import threading
 from pathlib import Path
 
 from ._placement import CostModel, History, bucket_size, device_model
-from ._utils import format_bytes, warn_once
+from ._utils import format_bytes, warn_once, write_json_atomically
 
 MODEL_PATH_ENV = "DEVICEJOBLIB_MODEL_PATH"
 FORMAT, VERSION = "devicejoblib placement model", 1
@@ -53,9 +52,7 @@ def get_model():
     with _lock:
         model = _models.get(path)
         if model is None:
-            model = _models[path] = CostModel()
-            if path is not None:
-                _merge_into(model, _read(path).get(host_key(), {}), overwrite=True)
+            model = _models[path] = _load(path)
     return model
 
 
@@ -80,7 +77,6 @@ def save(model=None):
                 entries[("launch_sizes", _SEP.join((device, kernel)))] = \
                     model.launch_sizes[(device, kernel)]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(path):
             hosts = _read(path, quiet=True)
             section = hosts.get(host_key())
@@ -90,7 +86,7 @@ def save(model=None):
                 section = hosts[host_key()] = {"history": {}, "launch_sizes": {}}
             for (part, key), value in entries.items():
                 section[part][key] = value
-            _write(path, {"format": FORMAT, "version": VERSION, "hosts": hosts})
+            write_json_atomically(path, {"format": FORMAT, "version": VERSION, "hosts": hosts})
     except BaseException:
         with model._lock:  # not written: keep it for the next save
             model.dirty |= dirty
@@ -144,9 +140,7 @@ def reset():
 def describe():
     """This host's section of the model file, as rows for ``devicejoblib model show``."""
     path = model_path()
-    section = _read(path).get(host_key(), {}) if path is not None else {}
-    model = CostModel()
-    _merge_into(model, section, overwrite=True)
+    model = _load(path)
     rows = []
     for (kernel, device), buckets in sorted(model.histories.items()):
         for bucket, history in sorted(buckets.items()):
@@ -161,14 +155,20 @@ def describe():
             "launch_sizes": sizes}
 
 
-def _merge_into(model, section, overwrite):
+def _load(path):
+    """A cost model holding this host's section of the file at ``path`` (None: off)."""
+    model = CostModel()
+    if path is not None:
+        _merge_into(model, _read(path).get(host_key(), {}))
+    return model
+
+
+def _merge_into(model, section):
     try:
         for key, entry in section.get("history", {}).items():
             kernel, device, bucket = key.split(_SEP)
-            buckets = model.histories.setdefault((kernel, device), {})
-            if overwrite or int(bucket) not in buckets:
-                buckets[int(bucket)] = History(
-                    [float(s) for s in entry["samples"]], int(entry["seen"]))
+            model.histories.setdefault((kernel, device), {})[int(bucket)] = History(
+                [float(s) for s in entry["samples"]], int(entry["seen"]))
         for key, size in section.get("launch_sizes", {}).items():
             device, kernel = key.split(_SEP)
             model.launch_sizes[(device, kernel)] = int(size)
@@ -199,19 +199,6 @@ def _read(path, quiet=False):
                   "(it is rewritten when this process has learnt something; `devicejoblib "
                   "model reset` deletes it)", RuntimeWarning)
     return {}
-
-
-def _write(path, data):
-    """Write ``data`` to ``path`` atomically: a temporary file beside it, then a rename."""
-    fd, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 @contextlib.contextmanager

@@ -330,13 +330,18 @@ class AutoPlacer:
             models = {m for (k, m) in histories if k == kernel}
             for model in sorted(models):
                 seconds, how = self.model.predict(kernel, model, bucket)
-                shown = "no estimate" if seconds is None else f"{seconds * 1e6:.1f} us/call"
-                lines.append(f"  {model}: {shown} ({how}, "
+                lines.append(f"  {model}: {format_per_call(seconds)} ({how}, "
                              f"{self.model.samples(kernel, model, bucket)} samples)")
             for (k, b, device_id, why), calls in decisions:
                 if (k, b) == (kernel, bucket):
                     lines.append(f"  -> {device_id}: {calls} calls ({why})")
         return "\n".join(lines)
+
+
+def format_per_call(seconds):
+    """A predicted time per call as ``explain()`` and ``devicejoblib model show`` show
+    it."""
+    return "no estimate" if seconds is None else f"{seconds * 1e6:.1f} us/call"
 
 
 def is_auto(placement):

@@ -3,16 +3,13 @@ track per GPU worker and per CPU route, and a slice per launch group or batch.""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from ._placement import array_nbytes
-from ._utils import warn_once
+from ._utils import warn_once, write_json_atomically
 
 
 class Trace:
@@ -63,17 +60,8 @@ class Trace:
             data = {"traceEvents": names + self._events, "displayTimeUnit": "ms"}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(prefix=self.path.name, suffix=".tmp",
-                                             dir=self.path.parent)
+            write_json_atomically(self.path, data)
         except OSError as exc:
-            return _unwritable(self.path, exc)
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(data, out)
-            os.replace(temporary, self.path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
             _unwritable(self.path, exc)
 
 
@@ -90,5 +78,5 @@ def describe_part(items):
         names[name] = names.get(name, 0) + 1
         for value in (*args, *kwargs.values()):
             moved += array_nbytes(value) if hasattr(value, "shape") else 0
-    return " + ".join(names), {"calls": sum(names.values()), "bytes": moved,
+    return " + ".join(names), {"calls": len(items), "bytes": moved,
                                "kernels": names}

@@ -3,6 +3,7 @@ warnings aimed at user code."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import numbers
 import os
@@ -90,6 +91,23 @@ def format_bytes(n):
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def write_json_atomically(path, data):
+    """Write ``data`` as JSON to ``path`` (a Path) atomically: a temporary file beside
+    it, then a rename; the temporary file is removed if that fails."""
+    import json
+    import tempfile
+
+    fd, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def warn_user(message, category):

@@ -148,11 +148,6 @@ class SimulatedGPUPlatform(HostComputePlatform):
 
 
 
-def _home(value):
-    """The simulated GPU an array was kept on, or None."""
-    return getattr(value, "device_id", None)
-
-
 @functools.cache
 def _arrays():
     """The simulator's arrays, imported on first use (they import NumPy)."""
