@@ -52,12 +52,13 @@ def _runner(name):
 def gpu_part(name, batch):
     """Run a GPU part on this worker's least loaded GPU: ``(results, (worker address,
     device id), seconds)``."""
-    address, start = get_worker().address, time.perf_counter()
-    runner = _runner(name)
+    address, start, runner = get_worker().address, time.perf_counter(), None
     try:
+        runner = _runner(name)
         results, device_id = runner.run_on_a_gpu(batch)
     except BaseException as exc:
-        if len(runner.router.lost) == len(runner.workers):  # no GPU left here
+        if runner is not None and len(runner.router.lost) == len(runner.workers):
+            # no GPU left here
             raise GPUWorkerLostError(f"every GPU of Dask worker {address} is lost: "
                                      f"{type(exc).__name__}: {exc}", address) from None
         add_note(exc, f"on Dask worker {address}")
