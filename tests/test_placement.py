@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -165,6 +166,28 @@ with simulate_gpus(2):
 """
 
 
+def test_a_real_gpus_sample_counts_its_work_and_leaves_out_its_waits(gpus):
+    # CUDA platforms charge the model their thread's CPU time: a wait for the GIL (here
+    # a sleep) uses none, and CUDA's default synchronisation spins while the GPU works
+    device = gpus[0]
+    if device.simulated or device.platform.name != "cupy":
+        pytest.skip("a real GPU's work, launched through CuPy")
+    platform = device.platform
+    with platform.bound(device) as sync:
+        xp = platform.array_module()
+        a = xp.ones((4096, 4096), dtype=xp.float32)
+        sync()
+        timer, start = platform.start_cost_timer(device), time.perf_counter()
+        for _ in range(100):  # about 0.2 s of the GPU's work
+            a = a @ a / 4096
+        sync()
+        on_gpu = time.perf_counter() - start
+        time.sleep(0.3)
+        cost = timer()
+    assert float(a[0, 0]) == 1.0
+    assert 0.5 * on_gpu < cost < on_gpu + 0.1, (cost, on_gpu)
+
+
 def test_a_second_process_reuses_the_model_without_exploring(run_python):
     first = run_python(PROCESS.replace("{rounds}", "10"), json_out=True)
     assert first["calibrating"] > 0
@@ -193,6 +216,7 @@ def test_a_model_file_of_another_version_is_a_fresh_start(two_gpus, fresh_warnin
 
 WRITER = """
 import sys
+import time
 import warnings
 from pathlib import Path
 from devicejoblib import _model_store

@@ -1,8 +1,12 @@
 """The registry of platforms (kinds of device): what is derived from it, and a fifth
 kind added the documented way, one class and one register() call."""
 
+import json
+import os
 import pickle
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,7 @@ from devicejoblib import (
     current_device,
     delayed,
     kernel,
+    parallel_config,
     parse_devices,
 )
 
@@ -136,3 +141,54 @@ def test_asking_about_real_gpus_leaves_simulation_alone_in_other_threads():
             assert set(seen) == {3}
             assert len(set(real)) == 1
         assert len(devicejoblib.devices()) == 3
+
+
+class ChargesThreadTime(FakeAccelerator):
+    """Charges the cost model its worker thread's CPU time, as the CUDA platforms do."""
+
+    def start_cost_timer(self, device):
+        start = time.thread_time()
+        return lambda: time.thread_time() - start
+
+
+@kernel
+def waits(i):
+    return i, current_device().id
+
+
+@waits.cuda
+def _(i):
+    time.sleep(0.02)  # a wait (for the GIL, say): the device's thread uses no CPU
+    return i, current_device().id
+
+
+def test_the_model_learns_what_a_platforms_cost_timer_counts(registry, no_gpu):
+    devicejoblib.register(ChargesThreadTime())
+    backend = DeviceBackend(placement="auto", cpu_backend="threading")
+    with parallel_config(backend=backend):
+        for _ in range(3):  # a worker thread's first sample of a kernel is held back
+            out = Parallel(n_jobs=2)(delayed(waits)(i) for i in range(8))
+            assert [i for i, _ in out] == list(range(8))
+    backend.shutdown()  # saves the model
+    saved = json.loads(Path(os.environ["DEVICEJOBLIB_MODEL_PATH"]).read_text())
+    on_xpu = [seconds for host in saved["hosts"].values()
+              for key, history in host["history"].items() if "\x1fxpu:" in key
+              for seconds in history["samples"]]
+    assert on_xpu and max(on_xpu) < 5e-3, on_xpu  # by the wall clock: 20 ms a call
+
+
+@pytest.mark.parametrize("name", ["cupy", "numba"])
+def test_cuda_gpus_are_charged_their_threads_cpu_time_not_its_waits(name):
+    # a worker thread waiting for the GIL uses no CPU time; CUDA's default
+    # synchronisation spins, so a wait for the GPU does (checked on a GPU in
+    # test_placement.py)
+    timer = devicejoblib.get_platform(name).start_cost_timer(None)
+    lock = threading.Lock()
+    lock.acquire()
+    threading.Timer(0.1, lock.release).start()
+    lock.acquire()  # blocked on another thread, as on the GIL
+    time.sleep(0.1)
+    busy = time.thread_time() + 0.05
+    while time.thread_time() < busy:  # work on the host, or spinning on the GPU
+        pass
+    assert 0.05 <= timer() < 0.15

@@ -662,9 +662,10 @@ def _rescue(backend_ref, device_id, error, task, future, on_done, done=()):
 _CPU_TRACKS = {CPU_PROCESSES: "cpu (processes)", CPU_THREADS: "cpu (threads)"}
 
 
-def _observed(router, trace, device, calls, n_calls, seconds):
-    """A GPU worker's group of ``n_calls`` took ``seconds``: a slice in the trace, a
-    sample for the cost model (held back if it is the thread's first of its kind)."""
+def _observed(router, trace, device, calls, n_calls, seconds, cost):
+    """A GPU worker's group of ``n_calls`` took ``seconds``: a slice in the trace; and
+    ``cost`` seconds of the device's (``Platform.start_cost_timer``), a sample for the
+    cost model (held back if it is the thread's first of its kind)."""
     if trace is None and router.placer is None:
         return
     try:
@@ -674,7 +675,7 @@ def _observed(router, trace, device, calls, n_calls, seconds):
                 else "rule"
             trace.slice(str(device), name, time.perf_counter() - seconds, seconds,
                         placed=placed, **args)
-        _sample(router, router.sample_key(device, calls), n_calls, seconds)
+        _sample(router, router.sample_key(device, calls), n_calls, cost)
     except Exception as exc:  # never at the cost of the results
         _report_lost_bookkeeping("the trace or the placement model", exc)
 

@@ -99,8 +99,9 @@ class GPUWorker(_QueueThread):
         the results of its calls that completed) and completes its future; without it
         such tasks fail with their error.
     observe : callable, optional
-        ``observe(calls, n_calls, seconds)``: told how long each group that completed
-        took (``calls`` a list of its calls), for the trace and the cost model.
+        ``observe(calls, n_calls, seconds, cost)``: told how long each group that
+        completed took (``calls`` a list of its calls; ``cost`` its seconds as the
+        platform's ``start_cost_timer`` counts them), for the trace and the cost model.
     on_exit : callable, optional
         Called by each worker thread as it ends (the cost model takes the samples it
         held back).
@@ -265,6 +266,8 @@ class GPUWorker(_QueueThread):
         timed for the sizer and the worker's counts."""
         start = time.perf_counter()
         elapsed = self.device.platform.start_timer(self.device)
+        cost_timer = None if self._observe is None else \
+            self.device.platform.start_cost_timer(self.device)
         try:
             if broken is not None:
                 raise self._broken(broken, "binding it to the device failed")
@@ -277,9 +280,13 @@ class GPUWorker(_QueueThread):
         except BaseException as exc:  # handed to the caller through the futures
             results, launches = [Failure(exc)] * len(group), []
         seconds = time.perf_counter() - start
-        if self._observe is not None and not any(isinstance(r, Failure) for r in results):
+        if cost_timer is not None and not any(isinstance(r, Failure) for r in results):
+            try:
+                cost = cost_timer()
+            except Exception:  # a measurement that failed is no call's failure
+                cost = seconds
             self._observe([call for task, _, _ in group for call in task.items], n_calls,
-                          seconds)
+                          seconds, cost)
         # fused launches say how the launch size pays; without any, the whole batch does
         for calls, launch_seconds in launches or [(n_calls, elapsed())]:
             self.sizer.record(calls, launch_seconds)

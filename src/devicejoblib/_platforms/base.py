@@ -102,8 +102,14 @@ class Platform(abc.ABC):
 
     def start_timer(self, device):
         """Start timing a launch on ``device``; the returned function gives its seconds."""
-        start = time.perf_counter()
-        return lambda: time.perf_counter() - start
+        return wall_timer()
+
+    def start_cost_timer(self, device):
+        """Start timing a worker thread's group of calls on ``device`` as the placement
+        model counts it: the device's work, not the thread's waits for other threads.
+        The returned function, called once the group's work is done, gives its
+        seconds. The wall clock here."""
+        return wall_timer()
 
     def simulate_launch(self, device, arguments=()):
         """Stand for a launch's fixed cost and its device memory, given the values it
@@ -194,3 +200,9 @@ def _numpy():
     import numpy
 
     return numpy
+
+
+def wall_timer():
+    """A function giving the seconds since this call."""
+    start = time.perf_counter()
+    return lambda: time.perf_counter() - start
