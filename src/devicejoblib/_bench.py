@@ -5,6 +5,7 @@ crossover, JSON results and a plot."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
@@ -118,41 +119,58 @@ def run(args):
 
 
 def _measure(workload, points, n_calls, args):
-    from ._backend import DeviceBackend
     from ._progress import Progress
-    from ._safe_import import Parallel, delayed
 
     sizes = sorted({size for size, _ in points if size != "mixed"})
-    rows, bar = [], Progress(desc=f"devicejoblib bench {workload.name}", unit="points")
-    made = {}  # size -> the calls of a point (the same for every placement)
+    by_size = {}  # size -> its placements, in the order of the points
     for size, placement in points:
-        calls = made.get(size)
-        if calls is None:
-            calls = made[size] = _calls(workload, size, sizes, n_calls)
-        backend = DeviceBackend(placement=placement)
-        with Parallel(n_jobs=args.n_jobs, backend=backend) as parallel:
-            parallel(delayed(k)(*a) for k, a in calls[:max(len(calls) // 10, 1)])  # warm up
-            best = float("inf")
-            for _ in range(args.repeat):
-                before = backend.report()
-                start = time.perf_counter()
-                parallel(delayed(k)(*a) for k, a in calls)
-                best = min(best, time.perf_counter() - start)
-        # where the calls of the last timed run went
-        ran_on = {device: r["calls"] - before.get(device, {}).get("calls", 0)
-                  for device, r in backend.report().items()}
-        backend.shutdown()
-        rows.append({"size": size, "placement": placement, "seconds": best,
-                     "calls_per_second": n_calls / best, "ms_per_call": 1e3 * best / n_calls,
-                     "ran_on": ran_on})
-        if placement == "auto":
-            rows[-1]["explain"] = backend.explain()
-        bar.update(1, placement, total=len(points))
+        by_size.setdefault(size, []).append(placement)
+    rows, bar = [], Progress(desc=f"devicejoblib bench {workload.name}", unit="points")
+    for size, placements in by_size.items():
+        calls = _calls(workload, size, sizes, n_calls)
+        for row in _measure_side_by_side(calls, placements, args):
+            rows.append({"size": size, **row})
+            bar.update(1, row["placement"], total=len(points))
     bar.close()
     cpu = {r["size"]: r["seconds"] for r in rows if r["placement"] == "cpu"}
     for r in rows:
         r["speedup_vs_cpu"] = cpu[r["size"]] / r["seconds"]
     return rows
+
+
+def _measure_side_by_side(calls, placements, args):
+    """A row per placement for one point's ``calls``: each placement's backend warmed up,
+    then timed runs taking turns (placement after placement, ``args.repeat`` times),
+    so that the machine's slow moments fall on all of them alike."""
+    from ._backend import DeviceBackend
+    from ._safe_import import Parallel, delayed
+
+    with contextlib.ExitStack() as stack:
+        runs = []  # (placement, backend, parallel)
+        for placement in placements:
+            backend = DeviceBackend(placement=placement)
+            stack.callback(backend.shutdown)
+            parallel = stack.enter_context(Parallel(n_jobs=args.n_jobs, backend=backend))
+            parallel(delayed(k)(*a) for k, a in calls[:max(len(calls) // 10, 1)])  # warm up
+            runs.append((placement, backend, parallel))
+        best, before = dict.fromkeys(placements, float("inf")), {}
+        for _ in range(args.repeat):
+            for placement, backend, parallel in runs:
+                before[placement] = backend.report()
+                start = time.perf_counter()
+                parallel(delayed(k)(*a) for k, a in calls)
+                best[placement] = min(best[placement], time.perf_counter() - start)
+        rows = []
+        for placement, backend, _ in runs:
+            seconds, earlier = best[placement], before[placement]
+            ran_on = {device: r["calls"] - earlier.get(device, {}).get("calls", 0)
+                      for device, r in backend.report().items()}  # in the last timed run
+            rows.append({"placement": placement, "seconds": seconds,
+                         "calls_per_second": len(calls) / seconds,
+                         "ms_per_call": 1e3 * seconds / len(calls), "ran_on": ran_on})
+            if placement == "auto":
+                rows[-1]["explain"] = backend.explain()
+        return rows
 
 
 def _calls(workload, size, sizes, n_calls):
