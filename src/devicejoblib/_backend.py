@@ -387,13 +387,13 @@ class DeviceBackend(ParallelBackendBase):
         """One kernel call of a ``Parallel(n_jobs=1)`` call: routed, run in this thread,
         bound to its device for the call; its result moved to the host."""
         device, placed = self.router.route_one(kernel, args, kwargs)
-        start = time.perf_counter()
+        elapsed = device.platform.start_cost_timer(device)
         try:
             return self._run_here(device, kernel, args, kwargs)
         finally:
             if placed is not None:  # a call placed by the cost model: its sample
                 key = self.router.sample_key(device, [(kernel, args, kwargs)])
-                seconds = time.perf_counter() - start
+                seconds = elapsed()
                 if device.is_gpu:  # (this thread's first launch there is held back)
                     _sample(self.router, key, 1, seconds)
                 else:
