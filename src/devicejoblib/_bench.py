@@ -75,7 +75,8 @@ def add_arguments(parser):
     parser.add_argument("--calls", type=positive_integer, help="calls per point")
     parser.add_argument("--n-jobs", type=int, default=-1, help="as Parallel's (default -1)")
     parser.add_argument("--repeat", type=positive_integer, default=2,
-                        help="timed runs per point; the best counts (default 2)")
+                        help="timed runs per point, the placements taking turns; the best "
+                        "counts (default 2)")
     parser.add_argument("--simulate-gpus", type=int, default=None, metavar="N",
                         help="simulated GPUs (default: 2 when this machine has no GPU)")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
