@@ -3,7 +3,9 @@
 1. joblib's threading backend, one call at a time (its default batching);
 2. the device backend on GPUs, the kernel without its batched form (no fusion);
 3. the device backend on GPUs, with fusion;
-4. one hand-written vectorised call over all inputs (the limit).
+4. the same with ``pre_dispatch="all"`` (joblib hands every call over at once, so a GPU
+   worker can fuse up to its launch size to the end);
+5. one hand-written vectorised call over all inputs (the limit).
 
 Two workloads: memory-bound SAXPYs, and logistic-map iterations (Python-level work per
 call whose batched form vectorises across calls). On simulated GPUs when the machine has
@@ -61,16 +63,18 @@ def contenders(k, calls, limit):
     def threading():
         return Parallel(n_jobs=2, backend="threading")(delayed(plain)(*c) for c in calls)
 
-    def device(kern):
+    def device(kern, pre_dispatch="2 * n_jobs"):
         def run():
             backend = DeviceBackend(placement="gpu")
-            out = Parallel(n_jobs=2, backend=backend)(delayed(kern)(*c) for c in calls)
+            out = Parallel(n_jobs=2, backend=backend, pre_dispatch=pre_dispatch)(
+                delayed(kern)(*c) for c in calls)
             run.report = backend.report()
             return out
         return run
 
     return {"threading, one by one": threading, "device, no fusion": device(plain),
-            "device, fused": device(k), "vectorised (limit)": limit}
+            "device, fused": device(k), "fused, pre_dispatch=all": device(k, "all"),
+            "vectorised (limit)": limit}
 
 
 def main():

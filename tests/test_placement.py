@@ -270,19 +270,29 @@ import json
 from devicejoblib import DeviceBackend, Parallel, delayed, parallel_config, simulate_gpus
 import device_kernels as dk
 with simulate_gpus(1, launch_latency=2e-3):
-    backend = DeviceBackend(placement="gpu", max_batch_size=128)
+    backend = DeviceBackend(placement="gpu", max_batch_size={cap})
     Parallel(n_jobs=2, backend=backend)(
         delayed(dk.logistic)(0.3, 3.2, steps=5) for _ in range({calls}))
     row = backend.report()["cuda:0"]
-print(json.dumps([row["batch_size"], row["batch_policy"], dk.LAUNCHES[:3]]))
+print(json.dumps([row["batch_size"], row["batch_policy"],
+                  sorted(int(n) for n in row["per_call_seconds"])]))  # sizes measured
 """
 
 
 def test_a_new_process_fuses_at_the_launch_size_learnt_before(run_python):
-    size, policy, _ = run_python(FUSING.format(calls=4000), json_out=True)
+    size, policy, _ = run_python(FUSING.format(calls=4000, cap=128), json_out=True)
     assert (size, policy) == (128, "settled")  # grown to max_batch_size
-    again, policy, _ = run_python(FUSING.format(calls=200), json_out=True)
-    assert (again, policy) == (size, "settled")  # from the first launch on
+    again, _, measured = run_python(FUSING.format(calls=1000, cap=128), json_out=True)
+    assert again == size and set(measured) <= {size}  # none smaller: it started there
+
+
+def test_a_learnt_launch_size_that_a_cap_held_is_outgrown(run_python):
+    # a first process held at 16 calls by its max_batch_size: a second one, without
+    # that cap, starts there but does not stay (taken as settled, it stayed for good)
+    size, policy, _ = run_python(FUSING.format(calls=400, cap=16), json_out=True)
+    assert (size, policy) == (16, "settled")
+    again, _, measured = run_python(FUSING.format(calls=4000, cap=None), json_out=True)
+    assert measured[0] == 16 and again >= 64, (again, measured)
 
 
 def test_auto_with_a_cluster_is_refused():

@@ -182,12 +182,15 @@ class GPUBatchSizer:
 
     def _start_from_learnt(self):
         """Before any launch was measured here: start at the size an earlier process
-        settled on for these kernels on this device model, settled."""
+        settled on for these kernels on this device model. It is checked as any size
+        is, by trying twice as many: an earlier process may have been held there by a
+        cap of its own (``max_batch_size``, memory) or a noisy moment, and taken on
+        trust such a size would stay for good."""
         if self._per_call or self.settled or self.policy.learnt is None:
             return
         size = self.policy.learnt(self.device, self.kernels)
         if size:
-            self._size, self.settled = size, True
+            self._size = size
 
     def note_bytes(self, bytes_per_call):
         """The most bytes a call moved so far (stacked arguments and results)."""
