@@ -206,12 +206,13 @@ def test_a_corrupt_model_file_is_a_warning_and_a_fresh_start(two_gpus, fresh_war
 
 
 def test_a_model_file_of_another_version_is_a_fresh_start(two_gpus, fresh_warnings):
+    # version 1 timed real GPUs by the wall clock: its samples are not to be trusted
     path = devicejoblib._model_store.model_path()
-    path.write_text(json.dumps({"format": "devicejoblib placement model", "version": 99,
+    path.write_text(json.dumps({"format": "devicejoblib placement model", "version": 1,
                                 "hosts": {}}))
     with pytest.warns(RuntimeWarning, match="of another format or version"):
         run_round(DeviceBackend(placement="auto", cpu_backend="threading"), repeat=5)
-    assert json.loads(path.read_text())["version"] == 1
+    assert json.loads(path.read_text())["version"] == 2
 
 
 WRITER = """
@@ -351,7 +352,7 @@ def test_a_model_file_with_a_malformed_host_section_is_rewritten(two_gpus, fresh
     import platform
 
     path = devicejoblib._model_store.model_path()
-    path.write_text(json.dumps({"format": "devicejoblib placement model", "version": 1,
+    path.write_text(json.dumps({"format": "devicejoblib placement model", "version": 2,
                                 "hosts": {platform.node(): {"history": []}}}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "cannot read": a fresh start

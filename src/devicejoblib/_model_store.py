@@ -19,7 +19,10 @@ from ._placement import CostModel, History, bucket_size, device_model
 from ._utils import format_bytes, warn_once, write_json_atomically
 
 MODEL_PATH_ENV = "DEVICEJOBLIB_MODEL_PATH"
-FORMAT, VERSION = "devicejoblib placement model", 1
+# version 2: a real GPU's samples are its worker thread's CPU time (in version 1 the wall
+# clock, which counted the thread's waits for the GIL: such samples would keep auto off
+# the GPU)
+FORMAT, VERSION = "devicejoblib placement model", 2
 _SEP = "\x1f"  # between the parts of a key (names may hold any printable character)
 
 _models = {}  # path (or None: off) -> the CostModel this process uses
