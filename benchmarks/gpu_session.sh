@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: the GPU tests, the main job with cpu, gpu and auto
-# placements (a cold model, then a warm one), the benchmarks, then the rest of the test
-# suite. Every step has a time limit, so that one hang cannot spend the lease; full logs go
+# placements (a cold model, then a warm one), auto's GPU cost timer against the wall
+# clock, the benchmarks, then the rest of the test suite. Every step has a time limit, so that one hang cannot spend the lease; full logs go
 # to the folder given (default ./gpu-logs) and, under $OUT, into one tarball after each
 # step (the device tool brings back at most 8 files, and what a killed call left). A
 # short summary is printed last. Runs from the checkout: PYTHONPATH=src, no install.
@@ -36,6 +36,7 @@ for run in cold warm; do  # the main job, then small calls (the CPU's) to large 
     step 120 "bench-saxpy-$run" python -m devicejoblib bench --workload saxpy --repeat 3 \
         --explain --json "$logs/bench-saxpy-$run.json"
 done
+step 150 bench_cost_timer python benchmarks/bench_cost_timer.py
 step 60 bench_warm_start python benchmarks/bench_warm_start.py --calls 20000 --latency 2e-3
 for bench in bench_fusion bench_dispatch bench_import; do
     step 90 "$bench" python "benchmarks/$bench.py"
@@ -52,7 +53,7 @@ step "${REST_LIMIT:-200}" pytest-rest python -m pytest -m "not gpu and not slow"
             echo "== $bench, $run model"; grep -B30 -m1 "^mixed.*auto" "$logs/$bench-$run.txt"
         done
     done
-    for bench in bench_warm_start bench_fusion bench_dispatch bench_import; do
+    for bench in bench_cost_timer bench_warm_start bench_fusion bench_dispatch bench_import; do
         echo "== $bench"; tail -n 30 "$logs/$bench.txt"
     done
     echo "== total $((SECONDS - start)) s"

@@ -4,6 +4,7 @@ kind added the documented way, one class and one register() call."""
 import json
 import os
 import pickle
+import sys
 import threading
 import time
 from pathlib import Path
@@ -162,27 +163,60 @@ def _(i):
     return i, current_device().id
 
 
-def test_the_model_learns_what_a_platforms_cost_timer_counts(registry, no_gpu):
-    devicejoblib.register(ChargesThreadTime())
+class TimerFails(FakeAccelerator):
+    def start_cost_timer(self, device):
+        raise OSError("no clock")
+
+
+class TimerFailsLater(FakeAccelerator):
+    def start_cost_timer(self, device):
+        def stop():
+            raise OSError("the clock stopped")
+        return stop
+
+
+def samples_on_xpu():
+    saved = json.loads(Path(os.environ["DEVICEJOBLIB_MODEL_PATH"]).read_text())
+    return [seconds for host in saved["hosts"].values()
+            for key, history in host["history"].items() if "\x1fxpu:" in key
+            for seconds in history["samples"]]
+
+
+def run_waits(n_jobs, rounds=3):
     backend = DeviceBackend(placement="auto", cpu_backend="threading")
     with parallel_config(backend=backend):
-        for _ in range(3):  # a worker thread's first sample of a kernel is held back
-            out = Parallel(n_jobs=2)(delayed(waits)(i) for i in range(8))
+        for _ in range(rounds):  # a worker thread's first sample of a kernel is held back
+            out = Parallel(n_jobs=n_jobs)(delayed(waits)(i) for i in range(8))
             assert [i for i, _ in out] == list(range(8))
     backend.shutdown()  # saves the model
-    saved = json.loads(Path(os.environ["DEVICEJOBLIB_MODEL_PATH"]).read_text())
-    on_xpu = [seconds for host in saved["hosts"].values()
-              for key, history in host["history"].items() if "\x1fxpu:" in key
-              for seconds in history["samples"]]
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])  # in the caller's thread, or a worker's
+def test_the_model_learns_what_a_platforms_cost_timer_counts(registry, no_gpu, n_jobs):
+    devicejoblib.register(ChargesThreadTime())
+    run_waits(n_jobs)
+    on_xpu = samples_on_xpu()
     assert on_xpu and max(on_xpu) < 5e-3, on_xpu  # by the wall clock: 20 ms a call
 
 
-@pytest.mark.parametrize("name", ["cupy", "numba"])
-def test_cuda_gpus_are_charged_their_threads_cpu_time_not_its_waits(name):
+@pytest.mark.parametrize("platform", [TimerFails, TimerFailsLater], ids=["start", "stop"])
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_a_failing_cost_timer_costs_a_sample_not_a_result(registry, no_gpu, platform,
+                                                          n_jobs):
+    devicejoblib.register(platform())
+    run_waits(n_jobs)  # the results are checked there
+    assert samples_on_xpu() == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the wall clock on Windows")
+@pytest.mark.parametrize("platform", [p for p in devicejoblib.platforms()
+                                      if p.kind == "cuda" and not p.simulated],
+                         ids=lambda p: p.name)
+def test_cuda_gpus_are_charged_their_threads_cpu_time_not_its_waits(platform):
     # a worker thread waiting for the GIL uses no CPU time; CUDA's default
     # synchronisation spins, so a wait for the GPU does (checked on a GPU in
     # test_placement.py)
-    timer = devicejoblib.get_platform(name).start_cost_timer(None)
+    timer = platform.start_cost_timer(None)
     lock = threading.Lock()
     lock.acquire()
     threading.Timer(0.1, lock.release).start()

@@ -39,7 +39,7 @@ from ._platforms import HOST
 from ._progress import Progress
 from ._routing import CPU_PROCESSES, CPU_THREADS, Router, route_of
 from ._trace import Trace, describe_part
-from ._utils import check_count, check_flag, check_n_jobs, warn_once
+from ._utils import check_count, check_flag, check_n_jobs, guarded_timer, warn_once
 from ._workers import CallbackThread, GPUWorker
 
 CPU_BACKENDS = ("loky", "threading")
@@ -387,16 +387,16 @@ class DeviceBackend(ParallelBackendBase):
         """One kernel call of a ``Parallel(n_jobs=1)`` call: routed, run in this thread,
         bound to its device for the call; its result moved to the host."""
         device, placed = self.router.route_one(kernel, args, kwargs)
-        elapsed = device.platform.start_cost_timer(device)
+        elapsed = guarded_timer(device.platform.start_cost_timer, device)
         try:
             return self._run_here(device, kernel, args, kwargs)
         finally:
             if placed is not None:  # a call placed by the cost model: its sample
+                seconds = elapsed()  # (None: the platform's cost timer failed)
                 key = self.router.sample_key(device, [(kernel, args, kwargs)])
-                seconds = elapsed()
-                if device.is_gpu:  # (this thread's first launch there is held back)
+                if seconds is not None and device.is_gpu:  # (a thread's first: held)
                     _sample(self.router, key, 1, seconds)
-                else:
+                elif seconds is not None:
                     self.router.record(key, 1, seconds)
                 self.router.settle(placed)
 
@@ -675,7 +675,8 @@ def _observed(router, trace, device, calls, n_calls, seconds, cost):
                 else "rule"
             trace.slice(str(device), name, time.perf_counter() - seconds, seconds,
                         placed=placed, **args)
-        _sample(router, router.sample_key(device, calls), n_calls, cost)
+        if cost is not None:  # (None: the platform's cost timer failed)
+            _sample(router, router.sample_key(device, calls), n_calls, cost)
     except Exception as exc:  # never at the cost of the results
         _report_lost_bookkeeping("the trace or the placement model", exc)
 

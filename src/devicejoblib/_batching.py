@@ -141,6 +141,7 @@ class GPUBatchSizer:
         self._samples = {}  # size -> full batches measured at that size
         self._previous_size = None
         self.settled = False
+        self.capped = False  # settled because a cap (max_batch_size, memory) held it
         # the kernels fused while the size settled here (not loaded): persisted
         self.settled_for = frozenset()
 
@@ -213,13 +214,13 @@ class GPUBatchSizer:
             gain = None if not previous else self._per_call[size] / previous  # (0: no clock tick)
             if gain is not None and gain > PLATEAU:
                 self._size = min(self._per_call, key=self._per_call.get)
-                self.settled = True
+                self.settled, self.capped = True, False
                 self.settled_for = frozenset(self.kernels)
             else:
                 growth = self._growth(self._previous_size, size)
                 self._previous_size = size
                 self._size = size * growth
-                self.settled = self.size == size  # a cap (memory, max) holds it here
+                self.settled = self.capped = self.size == size  # a cap holds it here
                 self.settled_for = frozenset(self.kernels) if self.settled else frozenset()
 
     def _growth(self, previous, size):

@@ -141,8 +141,9 @@ def _measure(workload, points, n_calls, args):
 
 def _measure_side_by_side(calls, placements, args):
     """A row per placement for one point's ``calls``: each placement's backend warmed up,
-    then timed runs taking turns (placement after placement, ``args.repeat`` times),
-    so that the machine's slow moments fall on all of them alike."""
+    then timed runs taking turns (``args.repeat`` rounds of one run each, a different
+    placement first in each round), so that the machine's slow moments fall on all
+    of them alike."""
     from ._backend import DeviceBackend
     from ._safe_import import Parallel, delayed
 
@@ -155,8 +156,9 @@ def _measure_side_by_side(calls, placements, args):
             parallel(delayed(k)(*a) for k, a in calls[:max(len(calls) // 10, 1)])  # warm up
             runs.append((placement, backend, parallel))
         best, before = dict.fromkeys(placements, float("inf")), {}
-        for _ in range(args.repeat):
-            for placement, backend, parallel in runs:
+        for round_ in range(args.repeat):
+            first = round_ % len(runs)
+            for placement, backend, parallel in runs[first:] + runs[:first]:
                 before[placement] = backend.report()
                 start = time.perf_counter()
                 parallel(delayed(k)(*a) for k, a in calls)

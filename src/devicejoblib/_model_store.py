@@ -107,15 +107,19 @@ def learnt_launch_size(device, kernels):
 
 def remember_launch_sizes(sizers):
     """Keep the launch sizes GPUs settled on (per kernel they fused), and save what this
-    process learnt; an unwritable model file is a warning."""
+    process learnt; an unwritable model file is a warning. A size a cap of this process
+    held (its ``max_batch_size``, its memory) does not replace a larger one learnt."""
     settled = [s for s in sizers if s.settled and s.settled_for]
     model = _models.get(model_path())
     if model is None and not settled:
         return  # nothing loaded, nothing learnt
     model = model or get_model()
     for sizer in settled:
+        name = device_model(sizer.device)
         for kernel in sizer.settled_for:
-            model.set_launch_size(device_model(sizer.device), kernel, sizer.size)
+            known = model.launch_size(name, kernel)
+            if not (sizer.capped and known is not None and known > sizer.size):
+                model.set_launch_size(name, kernel, sizer.size)
     try:
         save(model)
     except (OSError, ValueError, TypeError) as exc:

@@ -130,3 +130,21 @@ def warn_once(message, category, key=None):
             return
         _warned.add(key)
     warn_user(message, category)
+
+
+def guarded_timer(start, *args):
+    """The timer ``start(*args)`` returns (a function giving seconds), made so that a
+    failing one (a registered platform's) costs a measurement, never a call's result:
+    it gives None instead of raising."""
+    try:
+        stop = start(*args)
+    except Exception:
+        return lambda: None
+
+    def read():
+        try:
+            return stop()
+        except Exception:
+            return None
+
+    return read

@@ -13,6 +13,7 @@ from concurrent.futures import Future
 from ._context import bind_thread
 from ._errors import BrokenDeviceError, with_worker_traceback
 from ._fusion import Failure, Lost
+from ._utils import guarded_timer
 
 _STOP = object()
 #: Load added to a GPU whose call outlived an abort: routing prefers any other device.
@@ -101,7 +102,8 @@ class GPUWorker(_QueueThread):
     observe : callable, optional
         ``observe(calls, n_calls, seconds, cost)``: told how long each group that
         completed took (``calls`` a list of its calls; ``cost`` its seconds as the
-        platform's ``start_cost_timer`` counts them), for the trace and the cost model.
+        platform's ``start_cost_timer`` counts them, None if that timer failed), for
+        the trace and the cost model.
     on_exit : callable, optional
         Called by each worker thread as it ends (the cost model takes the samples it
         held back).
@@ -266,8 +268,8 @@ class GPUWorker(_QueueThread):
         timed for the sizer and the worker's counts."""
         start = time.perf_counter()
         elapsed = self.device.platform.start_timer(self.device)
-        cost_timer = None if self._observe is None else \
-            self.device.platform.start_cost_timer(self.device)
+        cost = None if self._observe is None else \
+            guarded_timer(self.device.platform.start_cost_timer, self.device)
         try:
             if broken is not None:
                 raise self._broken(broken, "binding it to the device failed")
@@ -280,13 +282,9 @@ class GPUWorker(_QueueThread):
         except BaseException as exc:  # handed to the caller through the futures
             results, launches = [Failure(exc)] * len(group), []
         seconds = time.perf_counter() - start
-        if cost_timer is not None and not any(isinstance(r, Failure) for r in results):
-            try:
-                cost = cost_timer()
-            except Exception:  # a measurement that failed is no call's failure
-                cost = seconds
+        if cost is not None and not any(isinstance(r, Failure) for r in results):
             self._observe([call for task, _, _ in group for call in task.items], n_calls,
-                          seconds, cost)
+                          seconds, cost())
         # fused launches say how the launch size pays; without any, the whole batch does
         for calls, launch_seconds in launches or [(n_calls, elapsed())]:
             self.sizer.record(calls, launch_seconds)

@@ -62,7 +62,11 @@ class CUDAPlatform(Platform):
         waits up to the 5 ms switch interval at each CuPy call while CPU workers'
         results keep the process busy (on an H200, calls of 0.1 ms measured 1-3 ms by
         the wall clock). A wait for the GPU counts: CUDA's default synchronisation
-        spins (or yields) while a process has no more GPUs than CPU cores."""
+        spins while the process has no more CUDA contexts than CPU cores, and yields
+        (running between yields) otherwise. On Windows the wall clock: a thread's CPU
+        time there advances by clock ticks of about 15.6 ms."""
+        if sys.platform == "win32":
+            return super().start_cost_timer(device)
         start = time.thread_time()
         return lambda: time.thread_time() - start
 
