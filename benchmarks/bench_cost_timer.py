@@ -92,17 +92,27 @@ def main():
                     env=env, capture_output=True, text=True)
                 if done.returncode:
                     sys.exit(f"{variant}, round {round_ + 1} failed:\n{done.stderr}")
-                results[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(f"auto / gpu (above 1: auto faster), median of {args.rounds} processes per "
-          "variant; the CPU's share of auto's calls; the model's GPU time per call")
-    print(f"{'variant':<11}{'model':<6}{'size':>6}{'auto/gpu':>10}{'cpu share':>11}  gpu per call")
-    for variant, runs in results.items():
-        for i, row in enumerate(runs[0]):
-            rows = [r[i] for r in runs]
-            print(f"{variant:<11}{row['run']:<6}{row['size']!s:>6}"
-                  f"{statistics.median(r['auto_vs_gpu'] for r in rows):10.2f}"
-                  f"{statistics.median(r['cpu_share'] for r in rows):11.2f}  "
-                  f"{', '.join(rows[-1]['gpu_per_call'])}")
+                rows = json.loads(done.stdout.strip().splitlines()[-1])
+                results[variant].append(rows)
+                print(f"{variant}, process {round_ + 1}:")  # (kept if a later one hangs)
+                print_rows([(variant, [row]) for row in rows], flush=True)
+    print(f"\nmedians of {args.rounds} processes per variant")
+    print_rows((variant, list(rows)) for variant, runs in results.items()
+               for rows in zip(*runs))
+
+
+def print_rows(rows, flush=False):
+    """A line per ``(variant, [the same point's row in each process])``: auto / gpu
+    (above 1: auto faster), the CPU's share of auto's calls, the GPU's predicted time
+    per call (the last process's)."""
+    print(f"{'variant':<11}{'model':<6}{'size':>6}{'auto/gpu':>10}{'cpu share':>11}  "
+          "gpu per call")
+    for variant, same in rows:
+        row = same[-1]
+        print(f"{variant:<11}{row['run']:<6}{row['size']!s:>6}"
+              f"{statistics.median(r['auto_vs_gpu'] for r in same):10.2f}"
+              f"{statistics.median(r['cpu_share'] for r in same):11.2f}  "
+              f"{', '.join(row['gpu_per_call'])}", flush=flush)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ for run in cold warm; do  # the main job, then small calls (the CPU's) to large 
     step 120 "bench-saxpy-$run" python -m devicejoblib bench --workload saxpy --repeat 3 \
         --explain --json "$logs/bench-saxpy-$run.json"
 done
-step 150 bench_cost_timer python benchmarks/bench_cost_timer.py
+step 180 bench_cost_timer python benchmarks/bench_cost_timer.py
 step 60 bench_warm_start python benchmarks/bench_warm_start.py --calls 20000 --latency 2e-3
 for bench in bench_fusion bench_dispatch bench_import; do
     step 90 "$bench" python "benchmarks/$bench.py"
