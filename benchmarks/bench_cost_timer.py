@@ -8,7 +8,9 @@ each with a model file of its own: the GPU's cost timer is set to the variant, t
 size and a mixed workload (the smallest and largest sizes interleaved) is timed with
 ``placement="gpu"`` and ``placement="auto"`` taking turns, once with the model cold and
 once warm. Prints auto / gpu (above 1: auto is faster), the share of auto's calls the
-CPU ran, and the model's prediction for the GPU per call. On a machine without a GPU the
+CPU ran, the share of the GPU workers' busy time spent waiting for other threads (the
+GIL, a core; under the gpu placement, then auto; always 0 when the wall clock is the
+timer that measures it), and the model's prediction for the GPU per call. On a machine without a GPU the
 simulated GPUs are timed the two ways instead (their NumPy work is real CPU work).
 """
 
@@ -45,6 +47,7 @@ def child(args):
                 out.append({"run": run, "size": size,
                             "auto_vs_gpu": rows["gpu"]["seconds"] / rows["auto"]["seconds"],
                             "cpu_share": ran_on.get("cpu", 0) / max(sum(ran_on.values()), 1),
+                            "waiting": [rows[p]["gpu_waiting"] for p in ("gpu", "auto")],
                             "gpu_per_call": _gpu_predictions(rows["auto"]["explain"],
                                                              device_model(gpu))})
     print(json.dumps(out))
@@ -105,13 +108,14 @@ def print_rows(rows, flush=False):
     """A line per ``(variant, [the same point's row in each process])``: auto / gpu
     (above 1: auto faster), the CPU's share of auto's calls, the GPU's predicted time
     per call (the last process's)."""
-    print(f"{'variant':<11}{'model':<6}{'size':>6}{'auto/gpu':>10}{'cpu share':>11}  "
-          "gpu per call")
+    print(f"{'variant':<11}{'model':<6}{'size':>6}{'auto/gpu':>10}{'cpu share':>11}"
+          f"{'gpu waits (gpu, auto)':>23}  gpu per call")
     for variant, same in rows:
         row = same[-1]
+        waits = ", ".join("-" if w is None else f"{w:.2f}" for w in row["waiting"])
         print(f"{variant:<11}{row['run']:<6}{row['size']!s:>6}"
               f"{statistics.median(r['auto_vs_gpu'] for r in same):10.2f}"
-              f"{statistics.median(r['cpu_share'] for r in same):11.2f}  "
+              f"{statistics.median(r['cpu_share'] for r in same):11.2f}{waits:>23}  "
               f"{', '.join(row['gpu_per_call'])}", flush=flush)
 
 

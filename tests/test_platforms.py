@@ -226,3 +226,23 @@ def test_cuda_gpus_are_charged_their_threads_cpu_time_not_its_waits(platform):
     while time.thread_time() < busy:  # work on the host, or spinning on the GPU
         pass
     assert 0.05 <= timer() < 0.15
+
+
+def test_the_report_says_how_long_a_worker_waited_for_other_threads(registry, no_gpu):
+    devicejoblib.register(ChargesThreadTime())
+    backend = DeviceBackend(placement="xpu:0")
+    out = Parallel(n_jobs=2, backend=backend)(delayed(waits)(i) for i in range(10))
+    assert [i for i, _ in out] == list(range(10))
+    row = backend.report()["xpu:0"]
+    assert row["seconds"] >= 0.2 and row["working_seconds"] < 0.1 * row["seconds"], row
+    assert "% of it waiting for other threads (the GIL, a core)" in backend.format_report()
+
+
+def test_a_worker_timed_by_the_wall_clock_reports_no_wait(no_gpu):
+    with devicejoblib.simulate_gpus(1):
+        backend = DeviceBackend(placement="gpu")
+        Parallel(n_jobs=2, backend=backend)(delayed(waits)(i) for i in range(5))
+        row = backend.report()["cuda:0"]
+    assert row["seconds"] > 0.1
+    assert row["working_seconds"] == pytest.approx(row["seconds"], rel=0.05)
+    assert "waiting" not in backend.format_report()

@@ -331,8 +331,11 @@ class DeviceBackend(ParallelBackendBase):
     def report(self):
         """Calls, batches and seconds per device since this backend was made.
 
-        GPU seconds are the worker's busy time; CPU seconds are from submission to
-        result (they include queueing and transfer to worker processes).
+        GPU seconds are the worker's busy time, and ``working_seconds`` the part of it
+        its platform's cost timer counts (on a real GPU the thread's CPU time, waits
+        for the GPU included): the rest the thread waited for others, the GIL or a
+        core. CPU seconds are from submission to result (they include queueing and
+        transfer to worker processes).
         """
         self._check_stuck()
         out = {}
@@ -342,7 +345,9 @@ class DeviceBackend(ParallelBackendBase):
         for device_id, worker in self.workers.items():
             if worker.calls:
                 out[device_id] = {"calls": worker.calls, "batches": worker.batches,
-                                  "seconds": worker.busy_seconds, **worker.sizer.describe()}
+                                  "seconds": worker.busy_seconds,
+                                  "working_seconds": worker.working_seconds,
+                                  **worker.sizer.describe()}
             if worker.lost is not None:
                 out.setdefault(device_id, {"calls": 0, "batches": 0, "seconds": 0.0})
                 out[device_id]["lost"] = str(worker.lost)
@@ -365,11 +370,12 @@ class DeviceBackend(ParallelBackendBase):
         return self.router.placer.explain()
 
     def format_report(self):
-        """The dispatch report, one line per device."""
+        """The dispatch report, one line per device (a GPU worker that spent a tenth of
+        its busy time or more waiting for other threads says so)."""
         return "\n".join(
             f"{device}: {r['calls']} calls in {r['batches']} batches, {r['seconds']:.3f}s"
             + (f", batch size {r['batch_size']} ({r['batch_policy']})"
-               if "batch_size" in r else "")
+               if "batch_size" in r else "") + _waited(r)
             for device, r in self.report().items())
 
     # --- internals ----------------------------------------------------------------------
@@ -660,6 +666,15 @@ def _rescue(backend_ref, device_id, error, task, future, on_done, done=()):
 
 
 _CPU_TRACKS = {CPU_PROCESSES: "cpu (processes)", CPU_THREADS: "cpu (threads)"}
+
+
+def _waited(row):
+    """", 35% of it waiting for other threads (the GIL, a core)" for a report row whose
+    worker waited a tenth of its busy time or more; else ""."""
+    seconds, working = row.get("seconds"), row.get("working_seconds")
+    if not seconds or working is None or working > 0.9 * seconds:
+        return ""
+    return f", {1 - working / seconds:.0%} of it waiting for other threads (the GIL, a core)"
 
 
 def _observed(router, trace, device, calls, n_calls, seconds, cost):

@@ -168,9 +168,15 @@ def _measure_side_by_side(calls, placements, args):
             seconds, earlier = best[placement], before[placement]
             ran_on = {device: r["calls"] - earlier.get(device, {}).get("calls", 0)
                       for device, r in backend.report().items()}  # in the last timed run
+            report = backend.report().values()
+            busy = sum(r.get("seconds", 0) for r in report if "working_seconds" in r)
+            waited = busy - sum(r["working_seconds"] for r in report if "working_seconds" in r)
             rows.append({"placement": placement, "seconds": seconds,
                          "calls_per_second": len(calls) / seconds,
-                         "ms_per_call": 1e3 * seconds / len(calls), "ran_on": ran_on})
+                         "ms_per_call": 1e3 * seconds / len(calls), "ran_on": ran_on,
+                         # of the GPU workers' busy time, the share spent waiting for
+                         # other threads (the GIL, a core), over all runs
+                         "gpu_waiting": waited / busy if busy else None})
             if placement == "auto":
                 rows[-1]["explain"] = backend.explain()
         return rows

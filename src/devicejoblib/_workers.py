@@ -118,6 +118,7 @@ class GPUWorker(_QueueThread):
         self.pending_calls = 0
         self.calls = self.batches = 0
         self.busy_seconds = 0.0
+        self.working_seconds = 0.0  # of those, by the platform's cost timer
         self._busy = set()  # threads running a group (an abandoned one and the current)
         self._epoch = 0  # bumped by an abort: a running group starts no more calls
         self._execute = execute
@@ -268,8 +269,7 @@ class GPUWorker(_QueueThread):
         timed for the sizer and the worker's counts."""
         start = time.perf_counter()
         elapsed = self.device.platform.start_timer(self.device)
-        cost = None if self._observe is None else \
-            guarded_timer(self.device.platform.start_cost_timer, self.device)
+        cost = guarded_timer(self.device.platform.start_cost_timer, self.device)
         try:
             if broken is not None:
                 raise self._broken(broken, "binding it to the device failed")
@@ -282,9 +282,10 @@ class GPUWorker(_QueueThread):
         except BaseException as exc:  # handed to the caller through the futures
             results, launches = [Failure(exc)] * len(group), []
         seconds = time.perf_counter() - start
-        if cost is not None and not any(isinstance(r, Failure) for r in results):
+        cost = cost()  # (None: the platform's cost timer failed)
+        if self._observe is not None and not any(isinstance(r, Failure) for r in results):
             self._observe([call for task, _, _ in group for call in task.items], n_calls,
-                          seconds, cost())
+                          seconds, cost)
         # fused launches say how the launch size pays; without any, the whole batch does
         for calls, launch_seconds in launches or [(n_calls, elapsed())]:
             self.sizer.record(calls, launch_seconds)
@@ -292,6 +293,7 @@ class GPUWorker(_QueueThread):
             self.calls += n_calls
             self.batches += 1
             self.busy_seconds += seconds
+            self.working_seconds += seconds if cost is None else min(cost, seconds)
         return results
 
     def _broken(self, cause, why):
