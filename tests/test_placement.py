@@ -85,6 +85,32 @@ def test_explain_says_what_was_predicted_and_why_calls_went_where(two_gpus):
     assert "(calibrating)" in text and "(expected to finish first)" in text
 
 
+def test_the_verbose_report_explains_the_calls_placed_in_that_call(two_gpus, capfd):
+    backend = DeviceBackend(placement="auto", cpu_backend="threading")
+    with parallel_config(backend=backend, verbose=10):
+        Parallel(n_jobs=2)(delayed(modelled)(LARGE) for _ in range(6))
+        first = capfd.readouterr()
+        Parallel(n_jobs=2)(delayed(modelled)(SMALL) for _ in range(6))
+        second = capfd.readouterr()
+    text = first.out + first.err
+    assert "placed 'auto' in this call:" in text
+    assert "device_kernels.modelled, size ~90.5 KiB:" in text and "calls (" in text
+    later = second.out + second.err
+    assert "device_kernels.modelled, size ~90 B:" in later
+    assert "size ~90.5 KiB" not in later  # this call placed none of those
+
+
+def test_a_device_not_yet_measured_gets_calls_to_measure_it_only(two_gpus):
+    # the GPUs measured first; then, while the CPU's first parts of large calls run, its
+    # time is unknown: taken as free, it drew the other large calls too (100 ms each
+    # there, 3 ms on a GPU)
+    run_round(DeviceBackend(devices="cuda", placement="auto"), sizes=(LARGE,), repeat=20)
+    backend = DeviceBackend(placement="auto", cpu_backend="threading")
+    run_round(backend, sizes=(LARGE,), repeat=30)
+    cpu = backend.report()["cpu-threads"]
+    assert cpu["auto_calls"] == cpu["calibrating_calls"] > 0, backend.explain()
+
+
 def test_only_kernels_placed_auto_are_placed_by_the_model(two_gpus):
     backend = DeviceBackend(cpu_backend="threading")  # capability for the others
     calls = [delayed(modelled.on("auto"))(SMALL), delayed(locate)(0)] * 10

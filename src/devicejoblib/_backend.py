@@ -146,6 +146,7 @@ class DeviceBackend(ParallelBackendBase):
         self._callbacks = CallbackThread("devicejoblib-callbacks")
         self._accepting = True  # False once shut down, until the next configure()
         self._aborted = False
+        self._placed_before = None  # the placer's decisions when the call started
         self._resident = ResidentHold(set(self.workers))
         self._finalizer = weakref.finalize(
             self, _release, [*self.workers.values(), self._callbacks], self._resident,
@@ -232,6 +233,8 @@ class DeviceBackend(ParallelBackendBase):
 
     def start_call(self):
         self._aborted = False  # a managed Parallel may call again after an error
+        placer = self.router.placer  # the verbose report explains this call's placements
+        self._placed_before = None if placer is None else placer.decisions_now()
 
     def compute_batch_size(self):
         return self.batching.compute_batch_size()
@@ -283,7 +286,13 @@ class DeviceBackend(ParallelBackendBase):
 
     def stop_call(self):
         if self.parallel is not None and self.parallel.verbose:
-            for line in self.format_report().splitlines():
+            lines = self.format_report().splitlines()
+            placer = self.router.placer
+            placed = "" if placer is None else placer.explain(
+                since=self._placed_before or collections.Counter())
+            if placed:
+                lines += ["placed 'auto' in this call:", *placed.splitlines()]
+            for line in lines:
                 self.parallel._print(line)
 
     def terminate(self):

@@ -231,8 +231,8 @@ class AutoPlacer:
                     self.decisions[(kernel, bucket, device.id, CALIBRATING)] += len(positions)
                     chosen.append((positions, device, (kernel, bucket)))
                     continue
-                per_call = {d.id: self._predicted(kernel, bucket, d) for d in candidates}
                 why = ONLY_ONE if len(candidates) == 1 else FASTEST
+                candidates, per_call = self._predicted(kernel, bucket, candidates)
                 # A group of little work stays whole: one part, run by one worker (split,
                 # each part would pay a dispatch and fuse less; batches in flight spread
                 # over the devices). A group of much work is spread call by call.
@@ -294,15 +294,28 @@ class AutoPlacer:
                 return device
         return None
 
-    def _predicted(self, kernel, bucket, device):
-        seconds, _ = self.model.predict(kernel, device_model(device), bucket)
-        return 0.0 if seconds is None else seconds
+    def _predicted(self, kernel, bucket, candidates):
+        """``(devices, {device id: seconds per call})`` to choose among: the candidates
+        with a prediction (one not yet measured gets calls by calibration only: taken
+        as free, it drew every call of its kernel while its first part ran), or all of
+        them at 0 s when none has one (the queues decide)."""
+        per_call = {d.id: self.model.predict(kernel, device_model(d), bucket)[0]
+                    for d in candidates}
+        known = [d for d in candidates if per_call[d.id] is not None]
+        if not known:
+            return candidates, dict.fromkeys(per_call, 0.0)
+        return known, {d.id: per_call[d.id] for d in known}
 
     def _finish(self, device, seconds, queued=0.0):
         """When a part of ``seconds`` would finish on ``device``: after the work queued
         there (and ``queued`` seconds more; shared by its parallel workers), run by one
         of them."""
         return (self.pending[device.id] + queued) / max(self._slots(device), 1) + seconds
+
+    def decisions_now(self):
+        """A copy of :attr:`decisions` (for :meth:`explain`'s ``since``)."""
+        with self._lock:
+            return collections.Counter(self.decisions)
 
     def calls_per_device(self):
         """``{device id: {"auto_calls": n, "calibrating_calls": m}}``: calls placed
@@ -317,11 +330,13 @@ class AutoPlacer:
                 row["calibrating_calls"] += calls
         return out
 
-    def explain(self):
+    def explain(self, since=None):
         """Per kernel and footprint: the prediction on each device model (seconds per
-        call, samples, how) and where calls went, and why."""
+        call, samples, how) and where calls went, and why; only the calls placed after
+        ``since`` (an earlier copy of :attr:`decisions`) if given."""
         with self._lock:
-            decisions = sorted(self.decisions.items())
+            decisions = self.decisions - since if since is not None else self.decisions
+            decisions = sorted(decisions.items())
         with self.model._lock:
             histories = list(self.model.histories)
         lines, seen = [], sorted({(k, b) for (k, b, _, _), _ in decisions})
