@@ -176,12 +176,12 @@ def _measure_side_by_side(calls, placements, args):
             round_ += 1
         rows = []
         for placement, backend, _ in runs:
-            seconds, earlier = best[placement], before[placement]
+            seconds, earlier, report = best[placement], before[placement], backend.report()
             ran_on = {device: r["calls"] - earlier.get(device, {}).get("calls", 0)
-                      for device, r in backend.report().items()}  # in the last timed run
-            report = backend.report().values()
-            busy = sum(r.get("seconds", 0) for r in report if "working_seconds" in r)
-            waited = busy - sum(r["working_seconds"] for r in report if "working_seconds" in r)
+                      for device, r in report.items()}  # in the last timed run
+            gpus = [r for r in report.values() if "working_seconds" in r]
+            busy = sum(r["seconds"] for r in gpus)
+            waited = busy - sum(r["working_seconds"] for r in gpus)
             rows.append({"placement": placement, "seconds": seconds,
                          "calls_per_second": len(calls) / seconds,
                          "ms_per_call": 1e3 * seconds / len(calls), "ran_on": ran_on,
