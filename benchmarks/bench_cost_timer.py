@@ -100,7 +100,8 @@ def main():
                 results[variant].append(rows)
                 print(f"{variant}, process {round_ + 1}:")  # (kept if a later one hangs)
                 print_rows([(variant, [row]) for row in rows], flush=True)
-    print(f"\nmedians of {args.rounds} processes per variant")
+    print(f"\nauto/gpu and cpu share: medians of {args.rounds} processes per variant; "
+          "gpu waits and gpu per call: the last process's")
     print_rows((variant, list(rows)) for variant, runs in results.items()
                for rows in zip(*runs))
 

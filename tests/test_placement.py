@@ -98,6 +98,9 @@ def test_the_verbose_report_explains_the_calls_placed_in_that_call(two_gpus, cap
     later = second.out + second.err
     assert "device_kernels.modelled, size ~90 B:" in later
     assert "size ~90.5 KiB" not in later  # this call placed none of those
+    # the dispatch report above it counts this call's calls too, not the backend's
+    counts = re.findall(r"\]: \S+: (\d+) calls in \d+ batches", later)
+    assert sum(map(int, counts)) == 6, later
 
 
 def test_a_device_not_yet_measured_gets_calls_to_measure_it_only(two_gpus):
@@ -109,6 +112,15 @@ def test_a_device_not_yet_measured_gets_calls_to_measure_it_only(two_gpus):
     run_round(backend, sizes=(LARGE,), repeat=30)
     cpu = backend.report()["cpu-threads"]
     assert cpu["auto_calls"] == cpu["calibrating_calls"] > 0, backend.explain()
+
+
+def test_explain_says_when_a_device_got_calls_as_the_only_one_measured(two_gpus):
+    run_round(DeviceBackend(devices="cuda:0", placement="auto"), sizes=(LARGE,), repeat=20)
+    backend = DeviceBackend(devices=["cpu", "cuda:0"], placement="auto",
+                            cpu_backend="threading")
+    run_round(backend, sizes=(LARGE,), repeat=10)
+    assert re.search(r"-> cuda:0: \d+ calls? \(the only one measured yet\)",
+                     backend.explain()), backend.explain()
 
 
 def test_only_kernels_placed_auto_are_placed_by_the_model(two_gpus):

@@ -235,7 +235,7 @@ def test_the_report_says_how_long_a_worker_waited_for_other_threads(registry, no
     assert [i for i, _ in out] == list(range(10))
     row = backend.report()["xpu:0"]
     assert row["seconds"] >= 0.2 and row["working_seconds"] < 0.1 * row["seconds"], row
-    assert "% of it waiting for other threads (the GIL, a core)" in backend.format_report()
+    assert "% of it not working (waits for the GIL, a core, I/O)" in backend.format_report()
 
 
 def test_a_worker_timed_by_the_wall_clock_reports_no_wait(no_gpu):
@@ -245,4 +245,4 @@ def test_a_worker_timed_by_the_wall_clock_reports_no_wait(no_gpu):
         row = backend.report()["cuda:0"]
     assert row["seconds"] > 0.1
     assert row["working_seconds"] == pytest.approx(row["seconds"], rel=0.05)
-    assert "waiting" not in backend.format_report()
+    assert "not working" not in backend.format_report()

@@ -146,7 +146,7 @@ class DeviceBackend(ParallelBackendBase):
         self._callbacks = CallbackThread("devicejoblib-callbacks")
         self._accepting = True  # False once shut down, until the next configure()
         self._aborted = False
-        self._placed_before = None  # the placer's decisions when the call started
+        self._before = None  # (report, auto decisions) as a verbose call started
         self._resident = ResidentHold(set(self.workers))
         self._finalizer = weakref.finalize(
             self, _release, [*self.workers.values(), self._callbacks], self._resident,
@@ -233,8 +233,9 @@ class DeviceBackend(ParallelBackendBase):
 
     def start_call(self):
         self._aborted = False  # a managed Parallel may call again after an error
-        placer = self.router.placer  # the verbose report explains this call's placements
-        self._placed_before = None if placer is None else placer.decisions_now()
+        if self.parallel is not None and self.parallel.verbose:  # the report is per call
+            placer = self.router.placer
+            self._before = (self.report(), None if placer is None else placer.decisions_now())
 
     def compute_batch_size(self):
         return self.batching.compute_batch_size()
@@ -286,12 +287,13 @@ class DeviceBackend(ParallelBackendBase):
 
     def stop_call(self):
         if self.parallel is not None and self.parallel.verbose:
-            lines = self.format_report().splitlines()
+            report, placed = self._before or ({}, None)
+            lines = self.format_report(since=report).splitlines()
             placer = self.router.placer
-            placed = "" if placer is None else placer.explain(
-                since=self._placed_before or collections.Counter())
-            if placed:
-                lines += ["placed 'auto' in this call:", *placed.splitlines()]
+            explained = "" if placer is None else placer.explain(
+                since=placed or collections.Counter())
+            if explained:
+                lines += ["placed 'auto' in this call:", *explained.splitlines()]
             for line in lines:
                 self.parallel._print(line)
 
@@ -342,9 +344,9 @@ class DeviceBackend(ParallelBackendBase):
 
         GPU seconds are the worker's busy time, and ``working_seconds`` the part of it
         its platform's cost timer counts (on a real GPU the thread's CPU time, waits
-        for the GPU included): the rest the thread waited for others, the GIL or a
-        core. CPU seconds are from submission to result (they include queueing and
-        transfer to worker processes).
+        for the GPU included): the rest the thread was not running, waiting for the
+        GIL, a core or I/O. CPU seconds are from submission to result (they include
+        queueing and transfer to worker processes).
         """
         self._check_stuck()
         out = {}
@@ -378,14 +380,21 @@ class DeviceBackend(ParallelBackendBase):
             return "no call was placed 'auto' by this backend"
         return self.router.placer.explain()
 
-    def format_report(self):
+    def format_report(self, since=None):
         """The dispatch report, one line per device (a GPU worker that spent a tenth of
-        its busy time or more waiting for other threads says so)."""
-        return "\n".join(
-            f"{device}: {r['calls']} calls in {r['batches']} batches, {r['seconds']:.3f}s"
-            + (f", batch size {r['batch_size']} ({r['batch_policy']})"
-               if "batch_size" in r else "") + _waited(r)
-            for device, r in self.report().items())
+        its busy time or more not working, by its cost timer, says so); with ``since``
+        (an earlier :meth:`report`), what was done after it."""
+        lines = []
+        for device, r in self.report().items():
+            if since is not None:
+                r = _minus(r, since.get(device, {}))
+                if not r["calls"] and "lost" not in r:
+                    continue
+            lines.append(
+                f"{device}: {r['calls']} calls in {r['batches']} batches, {r['seconds']:.3f}s"
+                + (f", batch size {r['batch_size']} ({r['batch_policy']})"
+                   if "batch_size" in r else "") + _waited(r))
+        return "\n".join(lines)
 
     # --- internals ----------------------------------------------------------------------
 
@@ -677,13 +686,23 @@ def _rescue(backend_ref, device_id, error, task, future, on_done, done=()):
 _CPU_TRACKS = {CPU_PROCESSES: "cpu (processes)", CPU_THREADS: "cpu (threads)"}
 
 
+_COUNTS = ("calls", "batches", "seconds", "working_seconds", "auto_calls",
+           "calibrating_calls")
+
+
+def _minus(row, before):
+    """A report row with the counts of ``before`` (the same device's, earlier) taken off."""
+    return {key: value - before.get(key, 0) if key in _COUNTS else value
+            for key, value in row.items()}
+
+
 def _waited(row):
-    """", 35% of it waiting for other threads (the GIL, a core)" for a report row whose
-    worker waited a tenth of its busy time or more; else ""."""
+    """", 35% of it not working (waits for the GIL, a core, I/O)" for a report row whose
+    worker's cost timer left out a tenth of its busy time or more; else ""."""
     seconds, working = row.get("seconds"), row.get("working_seconds")
     if not seconds or working is None or working > 0.9 * seconds:
         return ""
-    return f", {1 - working / seconds:.0%} of it waiting for other threads (the GIL, a core)"
+    return f", {1 - working / seconds:.0%} of it not working (waits for the GIL, a core, I/O)"
 
 
 def _observed(router, trace, device, calls, n_calls, seconds, cost):

@@ -16,8 +16,8 @@ from ._devices import devices, simulate_gpus
 from ._version import __version__
 
 PLACEMENTS = ("cpu", "gpu", "auto")
-#: Seconds of timed runs a placement gets at least at each point (rounds are added, up to
-#: MAX_ROUNDS, where a run is shorter: a run of 20 ms is at the mercy of the machine).
+#: Seconds of timed runs the fastest placement gets at least at each point (rounds are
+#: added, up to MAX_ROUNDS: a run of 20 ms is at the mercy of the machine).
 MIN_TIMED, MAX_ROUNDS = 0.5, 20
 
 
@@ -79,9 +79,9 @@ def add_arguments(parser):
     parser.add_argument("--calls", type=positive_integer, help="calls per point")
     parser.add_argument("--n-jobs", type=int, default=-1, help="as Parallel's (default -1)")
     parser.add_argument("--repeat", type=positive_integer, default=2,
-                        help="timed runs per point at least (more, up to 20, while they "
-                        "add up to under 0.5 s), the placements taking turns; the best "
-                        "counts (default 2)")
+                        help=f"timed runs per point at least (more, up to {MAX_ROUNDS}, "
+                        f"while the fastest placement's add up to under {MIN_TIMED} s), "
+                        "the placements taking turns; the best counts (default 2)")
     parser.add_argument("--simulate-gpus", type=int, default=None, metavar="N",
                         help="simulated GPUs (default: 2 when this machine has no GPU)")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -147,7 +147,7 @@ def _measure(workload, points, n_calls, args):
 def _measure_side_by_side(calls, placements, args):
     """A row per placement for one point's ``calls``: each placement's backend warmed up,
     then timed runs taking turns (``args.repeat`` rounds of one run each, more while
-    a placement's runs add up to less than ``MIN_TIMED``; a different placement first
+    the fastest placement's runs add up to less than ``MIN_TIMED``; a different placement first
     in each round), so that the machine's slow moments fall on all of them alike; the
     best run of each counts."""
     from ._backend import DeviceBackend
@@ -172,7 +172,7 @@ def _measure_side_by_side(calls, placements, args):
                 best[placement] = min(best[placement], time.perf_counter() - start)
             if round_ == 0:  # short runs are noisy: more rounds, up to MAX_ROUNDS
                 rounds = max(rounds, min(MAX_ROUNDS, math.ceil(
-                    MIN_TIMED / max(max(best.values()), 1e-9))))
+                    MIN_TIMED / max(min(best.values()), 1e-9))))
             round_ += 1
         rows = []
         for placement, backend, _ in runs:

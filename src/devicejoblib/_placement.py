@@ -41,6 +41,7 @@ BUCKETS_PER_OCTAVE = 2
 
 #: Why a call went where it did, as ``explain()`` shows it.
 FASTEST, CALIBRATING, ONLY_ONE = "expected to finish first", "calibrating", "only choice"
+ONLY_MEASURED = "the only one measured yet"
 
 
 def footprint(args, kwargs):
@@ -231,8 +232,10 @@ class AutoPlacer:
                     self.decisions[(kernel, bucket, device.id, CALIBRATING)] += len(positions)
                     chosen.append((positions, device, (kernel, bucket)))
                     continue
-                why = ONLY_ONE if len(candidates) == 1 else FASTEST
-                candidates, per_call = self._predicted(kernel, bucket, candidates)
+                known, per_call = self._predicted(kernel, bucket, candidates)
+                why = ONLY_ONE if len(candidates) == 1 else \
+                    ONLY_MEASURED if len(known) == 1 else FASTEST
+                candidates = known
                 # A group of little work stays whole: one part, run by one worker (split,
                 # each part would pay a dispatch and fuse less; batches in flight spread
                 # over the devices). A group of much work is spread call by call.
@@ -349,7 +352,8 @@ class AutoPlacer:
                              f"{self.model.samples(kernel, model, bucket)} samples)")
             for (k, b, device_id, why), calls in decisions:
                 if (k, b) == (kernel, bucket):
-                    lines.append(f"  -> {device_id}: {calls} calls ({why})")
+                    lines.append(f"  -> {device_id}: {calls} call{'s' * (calls != 1)} "
+                                 f"({why})")
         return "\n".join(lines)
 
 

@@ -17,6 +17,8 @@ kernels and when threads were asked for (``prefer="threads"``, ``require="shared
 
 from __future__ import annotations
 
+import threading
+
 from ._devices import devices, parse_devices
 from ._errors import BrokenDeviceError, DeviceUnavailableError, InvalidDeviceError
 from ._kernels import Kernel
@@ -30,6 +32,8 @@ from ._placement import (
 )
 from ._platforms import device_array_types, home_of
 from ._utils import warn_once
+
+_PLACER_MADE = threading.Lock()  # a Router's AutoPlacer is made once
 
 
 def holds_any(types, args, kwargs):
@@ -182,7 +186,9 @@ class Router:
         if self.placer is None:
             from ._model_store import get_model
 
-            self.placer = AutoPlacer(get_model(), self._slots)
+            with _PLACER_MADE:  # (joblib dispatches from two threads)
+                if self.placer is None:
+                    self.placer = AutoPlacer(get_model(), self._slots)
         chosen, entries = self.placer.place([items[p] for p in positions], self._candidates)
         for indices, device, key in chosen:
             # a part per kernel and footprint: the workers' measurements of it are its own
