@@ -693,3 +693,31 @@ def test_a_gpu_whose_call_outlives_a_timeout_is_busy_then_lost(gpus):
         assert "never returned" in backend.report()[first]["lost"]
     finally:
         release.set()
+
+
+def test_one_backend_serves_one_parallel_call_at_a_time(gpus):
+    from device_kernels import slow_kernel
+
+    backend = DeviceBackend()
+    started, errors, results = threading.Event(), [], {}
+
+    def first():
+        with Parallel(n_jobs=2, backend=backend) as parallel:
+            started.set()
+            results["first"] = parallel(delayed(slow_kernel)(i) for i in range(10))
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    started.wait(10)
+    try:  # a second call while the first holds the backend: a clear error, not a hang
+        Parallel(n_jobs=2, backend=backend)(delayed(locate)(i) for i in range(4))
+    except RuntimeError as exc:
+        errors.append(exc)
+    thread.join(30)
+    assert not thread.is_alive()
+    assert [tag for tag, *_ in results["first"]] == list(range(10))
+    assert len(errors) == 1 and "two Parallel calls at once" in str(errors[0])
+    for n_jobs in (2, 1, 2):  # one after the other, from any thread: served
+        out = Parallel(n_jobs=n_jobs, backend=backend)(delayed(locate)(i) for i in range(4))
+        assert [tag for tag, *_ in out] == list(range(4))
+    backend.shutdown()

@@ -147,6 +147,8 @@ class DeviceBackend(ParallelBackendBase):
         self._accepting = True  # False once shut down, until the next configure()
         self._aborted = False
         self._before = None  # (report, auto decisions) as a verbose call started
+        self._serving = threading.Lock()  # held while configure() claims the backend
+        self._claimed_by = None  # the Parallel this backend serves, until terminate()
         self._resident = ResidentHold(set(self.workers))
         self._finalizer = weakref.finalize(
             self, _release, [*self.workers.values(), self._callbacks], self._resident,
@@ -210,6 +212,24 @@ class DeviceBackend(ParallelBackendBase):
                 f"Invalid argument {given[0]}= for Parallel(backend='device'): the device "
                 f"backend's arguments go to parallel_config(backend='device', "
                 f"{given[0]}=...) or DeviceBackend({given[0]}=...)")
+        with self._serving:  # one call at a time: a second would share this call's state
+            if self._claimed_by is not None and self._claimed_by is not parallel:
+                raise RuntimeError(
+                    "Invalid use of a DeviceBackend by two Parallel calls at once (it "
+                    "serves one call at a time, as joblib's own backends do): give each "
+                    "thread its own DeviceBackend, or parallel_config(backend='device') "
+                    "in each")
+            self._claimed_by = parallel
+        try:
+            n_jobs = self._configure(n_jobs, parallel, prefer, require, kwargs)
+        except BaseException:
+            self._claimed_by = None
+            raise
+        if n_jobs == 1:  # joblib runs the calls itself, and will not terminate()
+            self._claimed_by = None
+        return n_jobs
+
+    def _configure(self, n_jobs, parallel, prefer, require, kwargs):
         self._accepting = True
         self._resident.acquire()
         self._cpu_jobs = self._cpu_n_jobs(n_jobs)
@@ -298,6 +318,12 @@ class DeviceBackend(ParallelBackendBase):
                 self.parallel._print(line)
 
     def terminate(self):
+        try:
+            self._terminate()
+        finally:
+            self._claimed_by = None  # the next Parallel call may use this backend
+
+    def _terminate(self):
         executors, self._cpu = self._cpu, {}
         for _, shutdown, _ in executors.values():
             shutdown()
