@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import platform
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -81,7 +82,7 @@ def add_arguments(parser):
     parser.add_argument("--repeat", type=positive_integer, default=2,
                         help=f"timed runs per point at least (more, up to {MAX_ROUNDS}, "
                         f"while the fastest placement's add up to under {MIN_TIMED} s), "
-                        "the placements taking turns; the best counts (default 2)")
+                        "the placements taking turns; the median counts (default 2)")
     parser.add_argument("--simulate-gpus", type=int, default=None, metavar="N",
                         help="simulated GPUs (default: 2 when this machine has no GPU)")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -146,10 +147,11 @@ def _measure(workload, points, n_calls, args):
 
 def _measure_side_by_side(calls, placements, args):
     """A row per placement for one point's ``calls``: each placement's backend warmed up,
-    then timed runs taking turns (``args.repeat`` rounds of one run each, more while
-    the fastest placement's runs add up to less than ``MIN_TIMED``; a different placement first
-    in each round), so that the machine's slow moments fall on all of them alike; the
-    best run of each counts."""
+    then timed runs taking turns (``args.repeat`` rounds of one run each, more while the
+    fastest placement's runs add up to less than ``MIN_TIMED``; a different placement
+    first in each round), so that the machine's slow moments fall on all of them alike.
+    The median run of each counts, not the best: joblib looks for finished results every
+    10 ms, so a run of 30 ms lasts 21, 31 or 42 ms by luck."""
     from ._backend import DeviceBackend
     from ._safe_import import Parallel, delayed
 
@@ -161,7 +163,7 @@ def _measure_side_by_side(calls, placements, args):
             parallel = stack.enter_context(Parallel(n_jobs=args.n_jobs, backend=backend))
             parallel(delayed(k)(*a) for k, a in calls[:max(len(calls) // 10, 1)])  # warm up
             runs.append((placement, backend, parallel))
-        best, before = dict.fromkeys(placements, float("inf")), {}
+        times, before = {placement: [] for placement in placements}, {}
         rounds, round_ = args.repeat, 0
         while round_ < rounds:
             first = round_ % len(runs)
@@ -169,14 +171,15 @@ def _measure_side_by_side(calls, placements, args):
                 before[placement] = backend.report()
                 start = time.perf_counter()
                 parallel(delayed(k)(*a) for k, a in calls)
-                best[placement] = min(best[placement], time.perf_counter() - start)
+                times[placement].append(time.perf_counter() - start)
             if round_ == 0:  # short runs are noisy: more rounds, up to MAX_ROUNDS
                 rounds = max(rounds, min(MAX_ROUNDS, math.ceil(
-                    MIN_TIMED / max(min(best.values()), 1e-9))))
+                    MIN_TIMED / max(min(t[0] for t in times.values()), 1e-9))))
             round_ += 1
         rows = []
         for placement, backend, _ in runs:
-            seconds, earlier, report = best[placement], before[placement], backend.report()
+            seconds, earlier, report = statistics.median(times[placement]), \
+                before[placement], backend.report()
             ran_on = {device: r["calls"] - earlier.get(device, {}).get("calls", 0)
                       for device, r in report.items()}  # in the last timed run
             gpus = [r for r in report.values() if "working_seconds" in r]
@@ -185,8 +188,8 @@ def _measure_side_by_side(calls, placements, args):
             rows.append({"placement": placement, "seconds": seconds,
                          "calls_per_second": len(calls) / seconds,
                          "ms_per_call": 1e3 * seconds / len(calls), "ran_on": ran_on,
-                         # of the GPU workers' busy time, the share spent waiting for
-                         # other threads (the GIL, a core), over all runs
+                         # of the GPU workers' busy time, the share their cost timer
+                         # left out (waits for the GIL, a core, I/O), over all runs
                          "gpu_waiting": waited / busy if busy else None})
             if placement == "auto":
                 rows[-1]["explain"] = backend.explain()
