@@ -35,6 +35,8 @@ def test_the_trace_has_a_track_per_worker_and_a_slice_per_launch_or_batch(tmp_pa
     assert {e["name"] for e in slices} == {"saxpy", "abs"}
     gpu = [e for e in slices if tracks[e["tid"]].startswith("cuda")]
     assert {e["name"] for e in gpu} == {"saxpy"} and all(e["args"]["bytes"] > 0 for e in gpu)
+    # simulated GPUs' cost timer is the wall clock: working all the slice long
+    assert all(0 < e["args"]["working_ms"] <= e["dur"] / 1e3 + 0.01 for e in gpu)
     assert {e["args"]["placed"] for e in slices} == {"rule"}
     for tid in tracks:  # a track's slices follow each other
         spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in slices if e["tid"] == tid)

@@ -742,6 +742,8 @@ def _observed(router, trace, device, calls, n_calls, seconds, cost):
             name, args = describe_part(calls)
             placed = "auto" if any(auto_kernel(f, router.auto) for f, _, _ in calls) \
                 else "rule"
+            if cost is not None:  # what of it the thread was working (its cost timer)
+                args["working_ms"] = round(min(cost, seconds) * 1e3, 3)
             trace.slice(str(device), name, time.perf_counter() - seconds, seconds,
                         placed=placed, **args)
         if cost is not None:  # (None: the platform's cost timer failed)
