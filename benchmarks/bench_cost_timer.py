@@ -9,7 +9,7 @@ size and a mixed workload (the smallest and largest sizes interleaved) is timed 
 ``placement="gpu"`` and ``placement="auto"`` taking turns, once with the model cold and
 once warm. Prints auto / gpu (above 1: auto is faster), the share of auto's calls the
 CPU ran, the share of the GPU workers' busy time spent waiting for other threads (the
-GIL, a core; under the gpu placement, then auto; always 0 when the wall clock is the
+GIL, a core; under the gpu placement, then auto; about 0 when the wall clock is the
 timer that measures it), and the model's prediction for the GPU per call. On a machine
 without a GPU the simulated GPUs are timed the two ways instead (their NumPy work is
 real CPU work).
