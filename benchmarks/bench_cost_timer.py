@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import types
 
 VARIANTS = ("cpu time", "wall clock")
@@ -55,15 +54,10 @@ def child(args):
 
 
 def _set_cost_timer(platform_class, variant):
-    if variant == "wall clock":
-        def start(self, device):
-            begin = time.perf_counter()
-            return lambda: time.perf_counter() - begin
-    else:
-        def start(self, device):
-            begin = time.thread_time()
-            return lambda: time.thread_time() - begin
-    platform_class.start_cost_timer = start
+    from devicejoblib._platforms.base import thread_timer, wall_timer
+
+    timer = wall_timer if variant == "wall clock" else thread_timer
+    platform_class.start_cost_timer = lambda self, device: timer()
 
 
 def _gpu_predictions(explained, model):

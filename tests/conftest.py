@@ -49,6 +49,16 @@ def devices_of(platform):
         yield found
 
 
+def saved_samples(device_kind, kernel=""):
+    """The seconds per call the saved model file (``DEVICEJOBLIB_MODEL_PATH``) holds for
+    the kernels named ``kernel...`` on devices of ``device_kind``."""
+    saved = json.loads(Path(os.environ["DEVICEJOBLIB_MODEL_PATH"]).read_text())
+    return [sample for host in saved["hosts"].values()
+            for key, history in host["history"].items()
+            if key.startswith(kernel) and f"\x1f{device_kind}:" in key
+            for sample in history["samples"]]
+
+
 @pytest.fixture(params=device_kinds(gpus_only=True))
 def gpus(request):
     """The GPUs a test runs on: two simulated ones, or this machine's real ones."""

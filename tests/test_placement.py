@@ -10,11 +10,11 @@ import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import pytest
 
 import devicejoblib
+from conftest import saved_samples
 from device_kernels import locate, modelled, set_up_per_thread
 from devicejoblib import DeviceBackend, Parallel, delayed, parallel_config, simulate_gpus
 from devicejoblib._cli import main as cli
@@ -144,11 +144,7 @@ def test_explicit_placement_keeps_its_precedence_over_auto(two_gpus):
 
 def gpu_samples(kernel_name):
     """The seconds per call the saved model file holds for ``kernel_name`` on GPUs."""
-    saved = json.loads(Path(os.environ["DEVICEJOBLIB_MODEL_PATH"]).read_text())
-    return [sample for host in saved["hosts"].values()
-            for key, history in host["history"].items()
-            if key.startswith(kernel_name) and "\x1fcuda:" in key
-            for sample in history["samples"]]
+    return saved_samples("cuda", kernel_name)
 
 
 def test_a_worker_threads_first_call_of_a_kernel_is_setup_not_a_sample():

@@ -1,17 +1,15 @@
 """The registry of platforms (kinds of device): what is derived from it, and a fifth
 kind added the documented way, one class and one register() call."""
 
-import json
-import os
 import pickle
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 import devicejoblib
+from conftest import saved_samples
 from devicejoblib import (
     DEVICE_KINDS,
     DeviceBackend,
@@ -175,13 +173,6 @@ class TimerFailsLater(FakeAccelerator):
         return stop
 
 
-def samples_on_xpu():
-    saved = json.loads(Path(os.environ["DEVICEJOBLIB_MODEL_PATH"]).read_text())
-    return [seconds for host in saved["hosts"].values()
-            for key, history in host["history"].items() if "\x1fxpu:" in key
-            for seconds in history["samples"]]
-
-
 def run_waits(n_jobs, rounds=3):
     backend = DeviceBackend(placement="auto", cpu_backend="threading")
     with parallel_config(backend=backend):
@@ -195,7 +186,7 @@ def run_waits(n_jobs, rounds=3):
 def test_the_model_learns_what_a_platforms_cost_timer_counts(registry, no_gpu, n_jobs):
     devicejoblib.register(ChargesThreadTime())
     run_waits(n_jobs)
-    on_xpu = samples_on_xpu()
+    on_xpu = saved_samples("xpu")
     assert on_xpu and max(on_xpu) < 5e-3, on_xpu  # by the wall clock: 20 ms a call
 
 
@@ -205,7 +196,7 @@ def test_a_failing_cost_timer_costs_a_sample_not_a_result(registry, no_gpu, plat
                                                           n_jobs):
     devicejoblib.register(platform())
     run_waits(n_jobs)  # the results are checked there
-    assert samples_on_xpu() == []
+    assert saved_samples("xpu") == []
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the wall clock on Windows")

@@ -442,12 +442,8 @@ class DeviceBackend(ParallelBackendBase):
             return self._run_here(device, kernel, args, kwargs)
         finally:
             if placed is not None:  # a call placed by the cost model: its sample
-                seconds = elapsed()  # (None: the platform's cost timer failed)
-                key = self.router.sample_key(device, [(kernel, args, kwargs)])
-                if seconds is not None and device.is_gpu:  # (a thread's first: held)
-                    _sample(self.router, key, 1, seconds)
-                elif seconds is not None:
-                    self.router.record(key, 1, seconds)
+                _sample(self.router, self.router.sample_key(device, [(kernel, args, kwargs)]),
+                        1, elapsed(), hold=device.is_gpu)
                 self.router.settle(placed)
 
     def _run_here(self, device, kernel, args, kwargs):
@@ -733,8 +729,8 @@ def _waited(row):
 
 def _observed(router, trace, device, calls, n_calls, seconds, cost):
     """A GPU worker's group of ``n_calls`` took ``seconds``: a slice in the trace; and
-    ``cost`` seconds of the device's (``Platform.start_cost_timer``), a sample for the
-    cost model (held back if it is the thread's first of its kind)."""
+    ``cost`` seconds of the device's (``Platform.start_cost_timer``; None if it failed),
+    a sample for the cost model (held back if it is the thread's first of its kind)."""
     if trace is None and router.placer is None:
         return
     try:
@@ -743,21 +739,23 @@ def _observed(router, trace, device, calls, n_calls, seconds, cost):
             placed = "auto" if any(auto_kernel(f, router.auto) for f, _, _ in calls) \
                 else "rule"
             if cost is not None:  # what of it the thread was working (its cost timer)
-                args["working_ms"] = round(min(cost, seconds) * 1e3, 3)
+                args["working_ms"] = round(cost * 1e3, 3)
             trace.slice(str(device), name, time.perf_counter() - seconds, seconds,
                         placed=placed, **args)
-        if cost is not None:  # (None: the platform's cost timer failed)
-            _sample(router, router.sample_key(device, calls), n_calls, cost)
+        _sample(router, router.sample_key(device, calls), n_calls, cost)
     except Exception as exc:  # never at the cost of the results
         _report_lost_bookkeeping("the trace or the placement model", exc)
 
 
-def _sample(router, key, n_calls, seconds):
-    """Record a sample of ``key`` unless it is this thread's first (held back)."""
-    if key is not None:
-        sample = hold_first(key, n_calls, seconds)
-        if sample is not None:
-            router.record(key, *sample)
+def _sample(router, key, n_calls, seconds, hold=True):
+    """Record a sample of ``key`` (None: no model's) unless ``seconds`` is None (the
+    platform's cost timer failed) or, with ``hold`` (a GPU's), it is this thread's
+    first of ``key`` (held back)."""
+    if key is None or seconds is None:
+        return
+    sample = hold_first(key, n_calls, seconds) if hold else (n_calls, seconds)
+    if sample is not None:
+        router.record(key, *sample)
 
 
 def _thread_ends(router):

@@ -283,6 +283,7 @@ class GPUWorker(_QueueThread):
             results, launches = [Failure(exc)] * len(group), []
         seconds = time.perf_counter() - start
         cost = cost()  # (None: the platform's cost timer failed)
+        cost = None if cost is None else min(cost, seconds)  # (timers read apart)
         if self._observe is not None and not any(isinstance(r, Failure) for r in results):
             self._observe([call for task, _, _ in group for call in task.items], n_calls,
                           seconds, cost)
@@ -293,7 +294,7 @@ class GPUWorker(_QueueThread):
             self.calls += n_calls
             self.batches += 1
             self.busy_seconds += seconds
-            self.working_seconds += seconds if cost is None else min(cost, seconds)
+            self.working_seconds += seconds if cost is None else cost
         return results
 
     def _broken(self, cause, why):

@@ -206,3 +206,9 @@ def wall_timer():
     """A function giving the seconds since this call."""
     start = time.perf_counter()
     return lambda: time.perf_counter() - start
+
+
+def thread_timer():
+    """A function giving the calling thread's CPU seconds since this call."""
+    start = time.thread_time()
+    return lambda: time.thread_time() - start

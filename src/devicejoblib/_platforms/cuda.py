@@ -6,9 +6,8 @@ import contextlib
 import ctypes
 import os
 import sys
-import time
 
-from .base import Platform
+from .base import Platform, thread_timer, wall_timer
 
 _DRIVER_LIBRARIES = {"linux": "libcuda.so.1", "win32": "nvcuda.dll"}
 _OOM_CODES = ("CUDA_ERROR_OUT_OF_MEMORY", "cudaErrorMemoryAllocation")
@@ -65,10 +64,7 @@ class CUDAPlatform(Platform):
         spins while the process has no more CUDA contexts than CPU cores, and yields
         (running between yields) otherwise. On Windows the wall clock: a thread's CPU
         time there advances by clock ticks of about 15.6 ms."""
-        if sys.platform == "win32":
-            return super().start_cost_timer(device)
-        start = time.thread_time()
-        return lambda: time.thread_time() - start
+        return wall_timer() if sys.platform == "win32" else thread_timer()
 
 
 class CuPyPlatform(CUDAPlatform):

@@ -9,6 +9,7 @@ import time
 import weakref
 
 from .._utils import format_bytes
+from .base import thread_timer
 from .host import HostComputePlatform
 
 _launches = threading.local()
@@ -90,8 +91,8 @@ class SimulatedGPUPlatform(HostComputePlatform):
             return False
 
     def start_timer(self, device):
-        start, latency = time.thread_time(), device.launch_latency
-        return lambda: time.thread_time() - start + latency
+        elapsed, latency = thread_timer(), device.launch_latency
+        return lambda: elapsed() + latency
 
     def simulate_launch(self, device, arguments=()):
         _launches.bytes = 0  # the launch's arrays on the device, results to come
