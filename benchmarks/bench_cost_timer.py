@@ -30,7 +30,7 @@ VARIANTS = ("cpu time", "wall clock")
 def child(args):
     from devicejoblib import devices, simulate_gpus
     from devicejoblib._bench import WORKLOADS, _calls, _measure_side_by_side
-    from devicejoblib._placement import device_model
+    from devicejoblib.policy.placement import device_model
 
     with simulate_gpus.unless_real(None):
         gpu = next(d for d in devices() if d.is_gpu)

@@ -1,9 +1,11 @@
 """The batch-size policies on their own, without workers."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from devicejoblib import Device
-from devicejoblib._batching import (
+from devicejoblib.policy.batching import (
     MEMORY_FRACTION,
     MIN_START,
     SAMPLES,
@@ -109,7 +111,7 @@ def test_fixed_size_wins_and_max_caps():
     for _ in range(4):
         feed(sizer, lambda n: 1e-3 / n)
     assert sizer.size == 20 and sizer.settled  # held at the cap
-    policy.fixed = 100
+    policy.start_call(SimpleNamespace(batch_size=100))
     assert sizer.size == 100 and sizer.describe()["batch_policy"] == "fixed"
 
 
@@ -129,7 +131,7 @@ def test_bad_max_batch_size_is_named(bad):
 
 
 def test_dispatch_sizer_doubles_below_target_halves_far_above():
-    sizer = DispatchBatchSizer(BatchPolicy())
+    sizer = DispatchBatchSizer()
     assert sizer.compute(gpu_size=8) == 8
     sizer.completed(8, 0.001)
     assert sizer.compute(8) == 16
@@ -137,13 +139,13 @@ def test_dispatch_sizer_doubles_below_target_halves_far_above():
     assert sizer.compute(8) == 32
     sizer.completed(32, 10 * DispatchBatchSizer.target + 1)
     assert sizer.compute(8) == 16
-    assert DispatchBatchSizer(BatchPolicy(max_batch_size=10)).compute(64) == 10
+    assert DispatchBatchSizer(cap=10).compute(64) == 10
 
 
 def test_a_fixed_size_that_ran_out_of_memory_is_capped():
     policy = BatchPolicy()
     sizer = policy.launch_sizer(gpu())
-    policy.fixed = 64
+    policy.start_call(SimpleNamespace(batch_size=64))
     sizer.out_of_memory(64)
     assert sizer.size == 32
 

@@ -234,7 +234,7 @@ def test_a_second_process_reuses_the_model_without_exploring(run_python):
 
 
 def test_a_corrupt_model_file_is_a_warning_and_a_fresh_start(two_gpus, fresh_warnings):
-    path = devicejoblib._model_store.model_path()
+    path = devicejoblib.policy.model_store.model_path()
     path.write_text("{ not json")
     with pytest.warns(RuntimeWarning, match=r"placement model file .* is unreadable"):
         counts = run_round(DeviceBackend(placement="auto", cpu_backend="threading"))
@@ -244,7 +244,7 @@ def test_a_corrupt_model_file_is_a_warning_and_a_fresh_start(two_gpus, fresh_war
 
 def test_a_model_file_of_another_version_is_a_fresh_start(two_gpus, fresh_warnings):
     # version 1 timed real GPUs by the wall clock: its samples are not to be trusted
-    path = devicejoblib._model_store.model_path()
+    path = devicejoblib.policy.model_store.model_path()
     path.write_text(json.dumps({"format": "devicejoblib placement model", "version": 1,
                                 "hosts": {}}))
     with pytest.warns(RuntimeWarning, match="of another format or version"):
@@ -257,7 +257,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from devicejoblib import _model_store
+from devicejoblib.policy import model_store as _model_store
 model = _model_store.get_model()
 for i in range(30):
     model.record(f"writer{sys.argv[1]}", "cpu:test", i % 4, 0.001 * i)
@@ -287,7 +287,7 @@ def test_the_model_can_be_turned_off(two_gpus, monkeypatch, tmp_path, capsys):
 
 def test_model_command_shows_resets_and_locates_the_model(two_gpus, capsys):
     calibrate(DeviceBackend(placement="auto", cpu_backend="threading"))
-    path = devicejoblib._model_store.model_path()
+    path = devicejoblib.policy.model_store.model_path()
     assert cli(["model", "path"]) == 0
     assert capsys.readouterr().out.strip() == str(path)
     assert cli(["model", "show"]) == 0
@@ -396,7 +396,7 @@ def test_an_unwritable_trace_is_a_warning_and_the_results_arrive(two_gpus, tmp_p
 def test_a_model_file_with_a_malformed_host_section_is_rewritten(two_gpus, fresh_warnings):
     import platform
 
-    path = devicejoblib._model_store.model_path()
+    path = devicejoblib.policy.model_store.model_path()
     path.write_text(json.dumps({"format": "devicejoblib placement model", "version": 2,
                                 "hosts": {platform.node(): {"history": []}}}))
     with warnings.catch_warnings():

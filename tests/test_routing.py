@@ -6,8 +6,8 @@ import pytest
 
 from device_kernels import cpu_only, gpu_only, plain_where, scale
 from devicejoblib import DeviceUnavailableError, devices, simulate_gpus
-from devicejoblib._fusion import to_host
-from devicejoblib._routing import Router
+from devicejoblib.policy.routing import Router
+from devicejoblib.run.fusion import to_host
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ import threading
 from concurrent.futures import wait
 
 from devicejoblib import Device
-from devicejoblib._batching import GPUBatchSizer
-from devicejoblib._fusion import Ran
-from devicejoblib._workers import GPUWorker
+from devicejoblib.executors.gpu import GPUWorker
+from devicejoblib.policy.batching import GPUBatchSizer
+from devicejoblib.run.fusion import Ran
 
 DEVICE = Device("simulator", 0, multiprocessor_count=2)
 

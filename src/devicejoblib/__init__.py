@@ -9,7 +9,6 @@ when asked.
 
 from ._context import array_module, current_device, numba_cuda_lock
 from ._devices import (
-    DEVICE_KINDS,
     MAX_SIMULATED_GPUS,
     SIMULATE_GPUS_ENV,
     SIMULATED_LATENCY_ENV,
@@ -18,7 +17,6 @@ from ._devices import (
     Device,
     devices,
     is_available,
-    parse_devices,
     simulate_gpus,
 )
 from ._errors import (
@@ -30,13 +28,14 @@ from ._errors import (
     JoblibMissingWarning,
 )
 from ._kernels import Kernel, kernel
-from ._platforms import Platform, get_platform, platforms, register
+from ._platforms import DEVICE_KINDS, Platform, get_platform, platforms, register
 from ._platforms.simulated import SimulatedDeviceLost, SimulatedOutOfMemory
 from ._safe_import import USE_JOBLIB, Parallel, cpu_count, delayed, parallel_config
+from ._specs import parse_devices
 from ._version import __version__
 
 _LAZY = {"DeviceBackend": "._backend", "SimulatedDeviceArray": "._platforms.simulated_arrays",
-         "simulated_cluster": "._cluster"}
+         "simulated_cluster": ".testing", "testing": ".testing"}
 
 
 def __getattr__(name):
@@ -44,7 +43,8 @@ def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        module = importlib.import_module(_LAZY[name], __name__)
+        return module if name == "testing" else getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

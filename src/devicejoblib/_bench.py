@@ -126,7 +126,7 @@ def run(args):
 
 
 def _measure(workload, points, n_calls, args):
-    from ._progress import Progress
+    from .observe.progress import Progress
 
     sizes = sorted({size for size, _ in points if size != "mixed"})
     by_size = {}  # size -> its placements, in the order of the points

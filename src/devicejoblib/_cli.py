@@ -52,8 +52,8 @@ def main(argv=None):
 
 def model_command(action, as_json=False):
     """What ``devicejoblib model <action>`` prints."""
-    from . import _model_store
-    from ._placement import format_per_call
+    from .policy import model_store as _model_store
+    from .policy.placement import format_per_call
 
     if action == "path":
         path = _model_store.model_path()

@@ -14,11 +14,6 @@ def bind_thread(device):
     return previous
 
 
-#: Set by the backend module: ``backend_calling(frame)`` gives the device backend whose
-#: ``Parallel(n_jobs=1)`` loop is the caller in ``frame``, else None.
-backend_calling = None
-
-
 def bound_device():
     """The device the calling thread is bound to, or None on a thread of CPU calls."""
     return getattr(_local, "device", None)

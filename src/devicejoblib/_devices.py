@@ -1,5 +1,5 @@
 """The machine's devices: the CPU, CUDA GPUs (seen through CuPy, else Numba) and
-simulated GPUs; and the one function that turns a device spec into devices.
+simulated GPUs (device specs are read in :mod:`devicejoblib._specs`).
 
 Discovery is cached per configuration (simulation settings, ``CUDA_VISIBLE_DEVICES``),
 never raises because CUDA is broken or absent, and imports CuPy or Numba only when a
@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import threading
 import warnings
 from dataclasses import dataclass, field, fields
 
 from . import _platforms
-from ._errors import DeviceDiscoveryWarning, DeviceUnavailableError, InvalidDeviceError
-from ._platforms import DEVICE_KINDS, HOST, Platform, get_platform
+from ._errors import DeviceDiscoveryWarning
+from ._platforms import HOST, Platform, get_platform
 from ._utils import format_bytes, is_whole, parse_bytes, warn_once
 
+#: The Dask resource a worker declares to say it has a GPU (``resources={"GPU": 1}``).
+GPU_RESOURCE = "GPU"
 SIMULATE_GPUS_ENV = "DEVICEJOBLIB_SIMULATE_GPUS"
 SIMULATED_MEMORY_ENV = "DEVICEJOBLIB_SIMULATED_MEMORY"
 SIMULATED_LATENCY_ENV = "DEVICEJOBLIB_SIMULATED_LAUNCH_LATENCY"
@@ -27,8 +28,6 @@ SIMULATED_LOSS_ENV = "DEVICEJOBLIB_SIMULATED_LOSS"
 DEFAULT_SIMULATED_MEMORY = 16 * 2**30
 MAX_SIMULATED_GPUS = 64
 
-_SPEC = re.compile(r"^([a-z]+)(?::(\d+))?$")
-_HINT = f"(set CUDA_VISIBLE_DEVICES or {SIMULATE_GPUS_ENV})"
 
 
 @dataclass(frozen=True)
@@ -257,110 +256,6 @@ def is_available(kind="cuda", simulated=True):
     except Exception:  # a malformed setting: the error belongs to devices(), not here
         return False
     return any(d.kind == kind for d in found)
-
-
-def parse_devices(spec=None):
-    """Turn a device spec into this machine's devices, in the order given.
-
-    Parameters
-    ----------
-    spec : None, str, int, Device or list of these
-        None: every device. ``"cpu"``; ``"cuda"`` or ``"gpu"``: every GPU;
-        ``"cuda:1"`` or ``1``: that GPU; a list: the union, in order, without repeats.
-
-    Returns
-    -------
-    tuple of Device
-
-    Raises
-    ------
-    InvalidDeviceError
-        The spec is malformed or names a GPU index this machine lacks.
-    DeviceUnavailableError
-        The spec asks for a GPU and this machine has none.
-    """
-    available = devices()
-    if spec is None:
-        return available
-    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
-    if not items:
-        raise InvalidDeviceError(f"Invalid device spec {spec!r}: the list is empty; "
-                                 f"{_machine_has(available)}")
-    chosen = []
-    for item in items:
-        chosen.extend(d for d in _parse_one(item, available) if d not in chosen)
-    return tuple(chosen)
-
-
-def spec_gpu_kinds(spec):
-    """Whether each device a spec names is a GPU, by kind alone, without looking at this
-    machine's devices: the set of ``True`` (a GPU) and ``False`` (the CPU) it names
-    (a cluster's placements: ``"cuda:1"`` means a GPU of some worker).
-
-    Raises
-    ------
-    InvalidDeviceError
-        The spec is malformed.
-    """
-    items = list(spec) if isinstance(spec, (list, tuple)) else [spec]
-    if not items:
-        raise InvalidDeviceError(f"Invalid device spec {spec!r}: the list is empty")
-    kinds = {_split_spec(item, ())[0] for item in items}
-    return frozenset(any(p.is_gpu for p in _platforms.platforms() if p.kind == kind)
-                     for kind in kinds)
-
-
-def _parse_one(item, available):
-    kind, index = _split_spec(item, available)
-    matches = [d for d in available if d.kind == kind and (index is None or d.index == index)]
-    if matches:
-        return matches
-    if not any(d.kind == kind for d in available):
-        reasons = "; ".join(discover().notes) or "none was found"
-        raise DeviceUnavailableError(f"Device {item!r} was asked for but this machine has no "
-                                     f"{kind} device ({reasons}); {_machine_has(available)} "
-                                     f"{_HINT}")
-    raise InvalidDeviceError(f"Invalid device {item!r}: {_machine_has(available)} {_HINT}")
-
-
-def _split_spec(item, available):
-    if isinstance(item, Device):
-        return item.kind, item.index
-    spellings = {alias: kind for kind, aliases in DEVICE_KINDS.items() for alias in aliases}
-    if is_whole(item):
-        return _default_gpu_kind(available), int(item)
-    match = _SPEC.match(item.strip().lower()) if isinstance(item, str) else None
-    if match is None or match.group(1) not in spellings:
-        raise InvalidDeviceError(
-            f"Invalid device spec {item!r}: expected one of {', '.join(map(repr, spellings))}, "
-            f"'<kind>:<index>' such as 'cuda:0', a GPU index, a Device or a list of these; "
-            f"{_machine_has(available)}")
-    kind = spellings[match.group(1)]
-    index = None if match.group(2) is None else int(match.group(2))
-    if not _indexed(kind):
-        if index not in (None, 0):
-            raise InvalidDeviceError(f"Invalid device {item!r}: {kind!r} is one device; "
-                                     f"{_machine_has(available)}")
-        index = None
-    return kind, index
-
-
-def _indexed(kind):
-    """Whether devices of ``kind`` are numbered (GPUs) or one (the CPU)."""
-    return any(p.indexed for p in _platforms.platforms() if p.kind == kind)
-
-
-def _default_gpu_kind(available):
-    """The kind a bare GPU index means: that of this machine's GPUs, else the first
-    registered GPU platform's."""
-    return next((d.kind for d in available if d.is_gpu),
-                next(p.kind for p in _platforms.platforms() if p.is_gpu))
-
-
-def _machine_has(available):
-    if not available:  # a spec read by kind alone
-        return "the kinds are " + ", ".join(DEVICE_KINDS)
-    return "this machine has " + ", ".join(str(d) for d in available)
 
 
 # --- discovery ---------------------------------------------------------------------

@@ -8,10 +8,10 @@ import inspect
 import sys
 import threading
 
-from . import _context
 from ._context import bound_device, current_device
 from ._errors import DeviceUnavailableError
 from ._platforms import GPU_IMPLEMENTATION, IMPLEMENTATIONS
+from ._specs import Placement
 from ._utils import check_callable, check_flag
 
 
@@ -68,6 +68,7 @@ class Kernel:
         self._cpu = cpu
         self._cuda = cuda
         self.nogil = nogil
+        self.pin = Placement.parse(placement)  # (a malformed spec fails here, at .on())
         self.placement = placement
         self._batched = batched or {}  # "cpu" / "cuda" -> BatchedForm
         self._setup = setup
@@ -163,10 +164,10 @@ class Kernel:
 
     def __call__(self, *args, **kwargs):
         device = bound_device()
-        if device is None and _context.backend_calling is not None:
+        if device is None:
             # called by joblib's loop for Parallel(n_jobs=1) with the device backend:
             # routed, run in this thread
-            backend = _context.backend_calling(sys._getframe(1))
+            backend = _sequential_caller(sys._getframe(1))
             if backend is not None:
                 return backend.run_in_caller(self, args, kwargs)
         return self.run_on(device, args, kwargs)
@@ -303,3 +304,14 @@ def _lookup(module, qualname):
 
 def _placed_kernel(base, placement):
     return base.on(placement)
+
+
+def _sequential_caller(frame):
+    """The backend whose ``Parallel(n_jobs=1)`` loop called a kernel from ``frame``, if
+    it routes such calls (``runs_in_caller``), else None. joblib's adapters are loaded
+    by the backend: before one exists, no such loop can be the caller."""
+    adapters = sys.modules.get(f"{__package__}._joblib_adapters")
+    if adapters is None:
+        return None
+    backend = adapters.sequential_backend(frame)
+    return backend if getattr(backend, "runs_in_caller", False) else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import numbers
 import os
 import re
@@ -80,6 +81,15 @@ def parse_bytes(value, name="size"):
     number, prefix, binary, byte = match.groups()
     base = 1000 if byte and not binary and prefix else 1024
     return int(float(number) * base ** _POWERS[prefix.lower()])
+
+
+def array_nbytes(array):
+    """An array's bytes, 0 where unknown (a lazy array's NaN, a stand-in's None)."""
+    try:
+        nbytes = float(array.nbytes)
+    except (TypeError, ValueError):
+        return 0
+    return int(nbytes) if math.isfinite(nbytes) else 0
 
 
 def format_bytes(n):

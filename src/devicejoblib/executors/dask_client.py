@@ -1,8 +1,8 @@
 """The device backend on a Dask cluster (``client=``): each routed part of a joblib
-batch becomes one Dask task. Routing is decided here, on the client, by kind of device
-(Dask's scheduler keeps one duration estimate per task prefix, shared by CPU and GPU
-workers): GPU parts ask for a ``GPU`` resource and run on a GPU worker as they would run
-locally (``_cluster_worker``); CPU parts run on any worker.
+batch becomes one Dask task. GPU parts ask for a ``GPU`` resource and run on a GPU
+worker as they would run locally (a GPU pool owned by a worker plugin,
+:mod:`.dask_worker`); CPU parts run on any worker. Routing between them is decided on
+the client (:mod:`devicejoblib.policy.cluster_routing`).
 
 Imports ``distributed`` only when a backend is given a client.
 """
@@ -17,22 +17,16 @@ import time
 import uuid
 from concurrent.futures import CancelledError, Future
 
-from ._devices import spec_gpu_kinds
-from ._errors import (
+from .._devices import GPU_RESOURCE
+from .._errors import (
     BrokenDeviceError,
     ClusterLostError,
     DeviceUnavailableError,
     GPUWorkerLostError,
     with_worker_traceback,
 )
-from ._kernels import Kernel
-from ._placement import is_auto
-from ._utils import warn_once
+from . import Executor, ExecutorStats
 
-#: The Dask resource a worker declares to say it has a GPU (``resources={"GPU": 1}``).
-GPU_RESOURCE = "GPU"
-#: Targets of a batch's parts on a cluster, as routing names them.
-GPU_PART, CPU_PART = "dask-gpu", "dask-cpu"
 #: Seconds between two looks at the cluster while GPU parts wait for a GPU worker.
 WATCH_INTERVAL = 0.25
 
@@ -77,80 +71,18 @@ def _workers_info(client):
     return info.get("workers", {})
 
 
-class ClusterRouter:
-    """Routes calls over a cluster by kind: GPU workers (those declaring a ``GPU``
-    resource) or any worker. The rule is the local one: explicit placement (by kind:
-    ``"cuda:1"`` means a GPU), then capability; a kernel with a GPU implementation and no
-    GPU worker falls back to CPU workers where it has a CPU implementation and placement
-    allows, else fails naming what the cluster has.
-    """
-
-    gpus = ()  # (no GPU worker thread in this process)
-    placer = None  # learned placement is local only, for now
-
-    def __init__(self, cluster, placement=None):
-        self.cluster = cluster
-        self.placement = placement
-        self.default_kinds = spec_gpu_kinds(placement) if placement is not None else None
-
-    def configure(self, *args, **kwargs):
-        """Nothing to choose per call: CPU parts go to Dask workers."""
-
-    def split(self, items, ledger=None):
-        """Positions of a batch's calls per part (:data:`GPU_PART`, :data:`CPU_PART`);
-        ``{target: None}`` when every call goes to one part."""
-        targets, groups = {}, {}
-        for position, (function, _, _) in enumerate(items):
-            target = targets.get(id(function))
-            if target is None:
-                target = targets[id(function)] = self.target(function)
-            groups.setdefault(target, []).append(position)
-        if len(groups) == 1:
-            return {next(iter(groups)): None}
-        return groups
-
-    def target(self, function):
-        """Where calls of ``function`` run: :data:`GPU_PART` or :data:`CPU_PART`."""
-        is_kernel = type(function) is Kernel
-        pin = function.placement if is_kernel and not is_auto(function.placement) else None
-        kinds = spec_gpu_kinds(pin) if pin is not None else self.default_kinds
-        gpu_allowed = kinds is None or True in kinds
-        cpu_allowed = kinds is None or False in kinds
-        has_gpu = is_kernel and function.has_gpu
-        has_cpu = not is_kernel or function.has_cpu
-        if gpu_allowed and self.cluster.gpu_workers and (has_gpu or not (cpu_allowed and has_cpu)):
-            return GPU_PART
-        if cpu_allowed and has_cpu:
-            if has_gpu and gpu_allowed and self.cluster.addresses:
-                warn_once(f"kernel {function.__qualname__!r} has a GPU implementation but "
-                          f"the Dask cluster has no GPU worker ({self.cluster.describe()}): "
-                          "its calls run on CPU workers", RuntimeWarning,
-                          key=("no GPU worker", function.__qualname__))
-            return CPU_PART
-        name = getattr(function, "__qualname__", repr(function))
-        if not gpu_allowed:
-            raise DeviceUnavailableError(
-                f"{name!r} cannot run where it is placed: it has a GPU implementation "
-                f"only and its placement ({pin if pin is not None else self.placement!r}) "
-                "allows no GPU")
-        needs = "a GPU implementation only" if not has_cpu else "a placement on GPUs"
-        raise DeviceUnavailableError(
-            f"{name!r} cannot run on this Dask cluster: it has {needs} and "
-            f"{self.cluster.describe()}; start GPU workers that declare the resource "
-            f"(resources={{'{GPU_RESOURCE}': 1}}, or dask worker --resources "
-            f"'{GPU_RESOURCE}=1')")
-
-
-class Cluster:
+class DaskClientExecutor(Executor):
     """The backend's view of a Dask cluster: its workers, the parts in flight, and what
     each worker and device ran.
 
     Parameters
     ----------
     client : distributed.Client
-    placement : device spec, optional
-    batching : BatchPolicy
-        Told each part's round trip and compute time (the cluster's batch sizes).
+    make_pool : callable
+        ``make_pool()``, run on a GPU worker (pickled by reference): its GPU pool.
+    on_part : callable, optional
+        ``on_part(gpu, n_calls, round_trip, seconds, whole)``: told each part's round
+        trip here and compute time there (the cluster's batch sizes).
     retries : int
         Dask ``retries=`` of each part (a part whose call raised runs again).
     wait_for_workers_timeout : float
@@ -159,21 +91,21 @@ class Cluster:
         waiting forever): then they fail.
     """
 
-    def __init__(self, client, placement=None, batching=None, retries=0,
+    def __init__(self, client, make_pool, on_part=None, retries=0,
                  wait_for_workers_timeout=10.0):
         self.client = client
-        self.batching = batching
+        self.make_pool = make_pool
+        self._on_part = on_part
         self.retries = retries
         self.patience = wait_for_workers_timeout
         self._watcher = None  # the thread watching for GPU workers, while it runs
         self._failed = {}  # key of a Dask future -> the error its part fails with
         self.lost_workers = {}  # address -> GPUWorkerLostError: its GPUs are all lost
-        self.name = f"devicejoblib-{uuid.uuid4().hex}"  # this backend's runners on workers
-        self.router = ClusterRouter(self, placement)
+        self.name = f"devicejoblib-{uuid.uuid4().hex}"  # this backend's pools on workers
         self._lock = threading.Lock()
         self._in_flight = set()  # Dask futures not done yet
         self._plugin = None
-        self.stats = {}  # (worker address, device id) -> [calls, parts, seconds]
+        self._stats = {}  # (worker address, device id) -> ExecutorStats
         self._read(_workers_info(self.client))  # (a call waits for workers, not this)
 
     def refresh(self):
@@ -221,7 +153,7 @@ class Cluster:
     def submit(self, target, batch, on_done=None, whole=None):
         """Run the part ``batch`` (of a joblib batch of ``whole`` calls) on the cluster;
         a Future of its results, passed to ``on_done`` once done."""
-        gpu = target == GPU_PART
+        gpu = target.is_gpu
         future = Future()
         future.set_running_or_notify_cancel()
         self._send(batch, gpu, future, on_done, whole or len(batch))
@@ -230,13 +162,13 @@ class Cluster:
     def _send(self, batch, gpu, future, on_done, whole):
         """Submit the part ``batch`` as a Dask task whose outcome completes ``future``
         (GPU parts only to GPU workers not known to have lost their GPUs)."""
-        from . import _cluster_worker
+        from . import dask_worker
 
         if gpu:
             self._register_plugin()
-            function = functools.partial(_cluster_worker.gpu_part, self.name)
+            function = functools.partial(dask_worker.gpu_part, self.name)
         else:
-            function = _cluster_worker.cpu_part
+            function = dask_worker.cpu_part
         key = f"{_GPU_KEY if gpu else _CPU_KEY}{uuid.uuid4().hex}"
         started = time.perf_counter()
         dask_future = self.client.submit(
@@ -273,13 +205,9 @@ class Cluster:
         else:
             n_calls = len(batch)
             with self._lock:
-                stats = self.stats.setdefault(where, [0, 0, 0.0])
-                stats[0] += n_calls
-                stats[1] += 1
-                stats[2] += seconds
-            if self.batching is not None:
-                self.batching.cluster_part_completed(gpu, n_calls, round_trip, seconds,
-                                                     whole)
+                self._stats.setdefault(where, ExecutorStats()).add(n_calls, seconds)
+            if self._on_part is not None:
+                self._on_part(gpu, n_calls, round_trip, seconds, whole)
             future.set_result(results)
         del dask_future
         if on_done is not None:
@@ -341,7 +269,7 @@ class Cluster:
             self.client.cancel(waiting)
             since = None
 
-    def abort(self):
+    def abort(self, patience=None):
         """Cancel the parts in flight (joblib wants none of their results)."""
         with self._lock:
             in_flight, self._in_flight = list(self._in_flight), set()
@@ -352,34 +280,33 @@ class Cluster:
 
     def _register_plugin(self):
         if self._plugin is None:
-            from ._cluster_worker import RunnerPlugin
+            from .dask_worker import GPUPoolPlugin
 
-            plugin = RunnerPlugin(self.name)
+            plugin = GPUPoolPlugin(self.name, self.make_pool)
             register = getattr(self.client, "register_plugin", None) or \
                 self.client.register_worker_plugin
             register(plugin, name=self.name)
             self._plugin = plugin
 
-    def close(self):
-        """Let go of this backend's runners on the workers (their GPU threads and the
+    def shutdown(self, wait=True):
+        """Let go of this backend's GPU pools on the workers (their threads and the
         kernels' resident state)."""
-        release_runners(self.client, self._plugin and self.name)
+        release_pools(self.client, self._plugin and self.name)
         self._plugin = None
 
-    def report(self):
+    def stats(self):
         """Calls, parts and seconds per worker address and device."""
         with self._lock:
             return {f"{address}/{device}": {"worker": address, "device": device,
-                                            "calls": calls, "batches": parts,
-                                            "seconds": seconds}
-                    for (address, device), (calls, parts, seconds) in self.stats.items()}
+                                            **stats.row()}
+                    for (address, device), stats in self._stats.items()}
 
 
 _releasing = set()  # unregistrations running on a client's event loop
 
 
-def release_runners(client, name):
-    """Unregister the worker plugin ``name`` (its teardown stops the runners); quiet if
+def release_pools(client, name):
+    """Unregister the worker plugin ``name`` (its teardown stops the pools); quiet if
     the client or cluster is gone already."""
     if not name:
         return
@@ -396,51 +323,3 @@ def release_runners(client, name):
 
 def _probe():
     """A task that waits for a worker (and makes an adaptive cluster start one)."""
-
-
-def simulated_cluster(cpu_workers=1, gpu_workers=2, threads_per_worker=1, env=None,
-                      lose_gpu_after=None, **cluster_kwargs):
-    """A Dask cluster on this machine (127.0.0.1) whose GPU workers see one simulated GPU
-    each: to try, test and measure the cluster route without GPUs.
-
-    Parameters
-    ----------
-    cpu_workers, gpu_workers : int
-        Worker processes (``Nanny``) without and with a GPU: GPU workers declare
-        ``resources={"GPU": 1}`` and run with ``DEVICEJOBLIB_SIMULATE_GPUS=1``.
-    threads_per_worker : int
-    env : dict, optional
-        More environment variables for every worker (``PYTHONPATH``...).
-    lose_gpu_after : dict, optional
-        Fault injection: ``{k: n}`` makes the GPU of GPU worker ``k`` lost after ``n``
-        launches (``DEVICEJOBLIB_SIMULATED_LOSS`` there).
-    **cluster_kwargs
-        Passed to ``distributed.SpecCluster`` (``silence_logs``...).
-
-    Returns
-    -------
-    distributed.SpecCluster
-        Use it as a context manager, with ``distributed.Client(cluster)``.
-    """
-    try:
-        import distributed
-    except ImportError as exc:
-        raise ImportError(f"simulated_cluster() needs the distributed package: "
-                          f"{INSTALL_HINT}") from exc
-
-    def worker(gpu, index=None):
-        options = {"nthreads": threads_per_worker, "host": "127.0.0.1",
-                   "dashboard_address": "127.0.0.1:0",
-                   "env": {**(env or {}), "DEVICEJOBLIB_SIMULATE_GPUS": "1" if gpu else "0"}}
-        if gpu:
-            options["resources"] = {GPU_RESOURCE: 1}
-            if index in (lose_gpu_after or {}):
-                options["env"]["DEVICEJOBLIB_SIMULATED_LOSS"] = f"0:{lose_gpu_after[index]}"
-        return {"cls": distributed.Nanny, "options": options}
-
-    workers = {f"cpu-{i}": worker(False) for i in range(cpu_workers)}
-    workers.update({f"gpu-{i}": worker(True, i) for i in range(gpu_workers)})
-    scheduler = {"cls": distributed.Scheduler,
-                 "options": {"host": "127.0.0.1", "dashboard": False,
-                             "dashboard_address": "127.0.0.1:0"}}
-    return distributed.SpecCluster(workers=workers, scheduler=scheduler, **cluster_kwargs)

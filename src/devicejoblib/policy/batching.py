@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 import threading
 
-from ._joblib_adapters import cpu_auto_batching
-from ._kernels import Kernel
-from ._utils import check_count
+from .._joblib_adapters import cpu_auto_batching
+from .._kernels import Kernel
+from .._utils import check_count
 
 #: Growth stops when doubling the batch no longer cuts the time per call by this factor.
 PLATEAU = 0.9
@@ -43,35 +43,42 @@ class BatchPolicy:
         Upper bound for every automatic size (CPU batches, launches, dispatch).
     nesting_level : int, optional
         The backend's, for joblib's CPU auto batching.
+
+    learnt : callable, optional
+        ``learnt(device, kernel names)``: a launch size settled on in an earlier
+        process, or None (the persisted cost model), handed to each launch sizer.
     """
 
-    def __init__(self, max_batch_size=None, nesting_level=None):
+    def __init__(self, max_batch_size=None, nesting_level=None, learnt=None):
         self.max_batch_size = check_count("max_batch_size", max_batch_size, allow_none=True)
         self.fixed = None  # the user's batch_size=<int>, which wins over everything
-        #: ``learnt(device, kernel names)``: a launch size settled on in an earlier
-        #: process, or None (set by the backend: the persisted cost model)
-        self.learnt = None
+        self.learnt = learnt
         self.gpu_bound = False  # whether the last batch went to GPUs only
         self.launch_sizers = {}  # device id -> GPUBatchSizer
-        self.dispatch = DispatchBatchSizer(self)
-        self.cluster = ClusterBatchSizer(self)
+        self.dispatch = DispatchBatchSizer(self.max_batch_size)
+        self.cluster = ClusterBatchSizer(self.max_batch_size)
         self.cpu = cpu_auto_batching(nesting_level)
 
     def launch_sizer(self, device):
         """The launch sizer of ``device`` (made on first use)."""
         if device.id not in self.launch_sizers:
-            self.launch_sizers[device.id] = GPUBatchSizer(device, self)
+            self.launch_sizers[device.id] = GPUBatchSizer(device, self.max_batch_size,
+                                                          self.learnt)
         return self.launch_sizers[device.id]
 
     def start_call(self, parallel):
-        """A ``Parallel`` call starts: its fixed ``batch_size``, if any, applies."""
+        """A ``Parallel`` call starts: its fixed ``batch_size``, if any, applies (to the
+        launch sizers too)."""
         fixed = getattr(parallel, "batch_size", "auto")
         self.fixed = fixed if isinstance(fixed, int) else None
+        for sizer in self.launch_sizers.values():
+            sizer.fixed = self.fixed
         self.cpu.parallel = parallel
 
     def end_call(self):
         """The call ended: forget its CPU and dispatch measurements (GPU sizers keep
-        what they learnt: the next call of the same backend starts from it)."""
+        what they learnt, and the call's fixed size until the next call: the report
+        shows it)."""
         self.cpu.reset_batch_stats()
         self.cpu.parallel = None
         self.dispatch.reset()
@@ -120,13 +127,23 @@ class GPUBatchSizer:
     Parameters
     ----------
     device : Device
-    policy : BatchPolicy, optional
-        Where the fixed size and ``max_batch_size`` are read.
+    cap : int, optional
+        ``max_batch_size``: the most calls a launch may hold.
+    learnt : callable, optional
+        ``learnt(device, kernel names)``: the launch size an earlier process settled
+        on, or None.
+
+    Attributes
+    ----------
+    fixed : int or None
+        The current ``Parallel`` call's ``batch_size=<int>`` (set when a call starts).
     """
 
-    def __init__(self, device, policy=None):
+    def __init__(self, device, cap=None, learnt=None):
         self.device = device
-        self.policy = policy or BatchPolicy()
+        self.cap = cap
+        self.learnt = learnt
+        self.fixed = None
         self.bytes_per_call = 0
         self._expected_bytes = 0  # estimated from arguments until a launch is measured
         self.kernels = set()  # names of the kernels fused here
@@ -148,10 +165,10 @@ class GPUBatchSizer:
     @property
     def size(self):
         """The number of calls the next batch should hold."""
-        if self.policy.fixed is not None:  # the user's, unless it did not fit in memory
-            return min(self.policy.fixed, self._ceiling or self.policy.fixed)
+        if self.fixed is not None:  # the user's, unless it did not fit in memory
+            return min(self.fixed, self._ceiling or self.fixed)
         size = self._size
-        for cap in (self.policy.max_batch_size, self._ceiling, self.memory_cap()):
+        for cap in (self.cap, self._ceiling, self.memory_cap()):
             if cap is not None:
                 size = min(size, cap)
         return max(size, 1)
@@ -187,9 +204,9 @@ class GPUBatchSizer:
         is, by trying twice as many: an earlier process may have been held there by a
         cap of its own (``max_batch_size``, memory) or a noisy moment, and taken on
         trust such a size would stay for good."""
-        if self._per_call or self.settled or self.policy.learnt is None:
+        if self._per_call or self.settled or self.learnt is None:
             return
-        size = self.policy.learnt(self.device, self.kernels)
+        size = self.learnt(self.device, self.kernels)
         if size:
             self._size = size
 
@@ -199,7 +216,7 @@ class GPUBatchSizer:
 
     def record(self, n_calls, seconds):
         """Account for a batch of ``n_calls`` that took ``seconds`` on the device."""
-        if self.policy.fixed is not None or self.settled:
+        if self.fixed is not None or self.settled:
             return
         with self._lock:
             if n_calls < self.size:
@@ -247,7 +264,7 @@ class GPUBatchSizer:
 
     def describe(self):
         """The state, for the dispatch report."""
-        how = ("fixed" if self.policy.fixed is not None else "settled" if self.settled
+        how = ("fixed" if self.fixed is not None else "settled" if self.settled
                else "growing")
         return {"batch_size": self.size, "batch_policy": how,
                 "per_call_seconds": dict(sorted(self._per_call.items()))}
@@ -265,8 +282,8 @@ class DispatchBatchSizer:
 
     target = 0.05
 
-    def __init__(self, policy):
-        self.policy = policy
+    def __init__(self, cap=None):
+        self.cap = cap  # max_batch_size
         self.reset()
 
     def reset(self):
@@ -274,7 +291,8 @@ class DispatchBatchSizer:
 
     def compute(self, gpu_size):
         """The batch size to hand joblib, given the GPUs' current launch size."""
-        return self.policy.cap(max(self.size or 0, gpu_size))
+        size = max(self.size or 0, gpu_size)
+        return size if self.cap is None else min(size, self.cap)
 
     def completed(self, n_calls, seconds):
         """A GPU-bound batch of ``n_calls`` took ``seconds`` from dispatch to completion."""
@@ -299,8 +317,8 @@ class ClusterBatchSizer:
 
     AMORTISE = 20
 
-    def __init__(self, policy):
-        self.policy = policy
+    def __init__(self, cap=None):
+        self.cap = cap  # max_batch_size
         self.size = MIN_START
         self.overhead = None  # seconds per Dask task, the least measured
         self.measured = False
@@ -318,4 +336,5 @@ class ClusterBatchSizer:
                 return  # the tail of a call: says little about the size
             wanted = self.AMORTISE * self.overhead
             scale = min(max(wanted / max(seconds, 1e-9), 0.5), 4.0)
-            self.size = self.policy.cap(max(int(n_calls * scale), 1))
+            size = max(int(n_calls * scale), 1)
+            self.size = size if self.cap is None else min(size, self.cap)

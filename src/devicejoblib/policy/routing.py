@@ -18,20 +18,15 @@ kernels and when threads were asked for (``prefer="threads"``, ``require="shared
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
-from ._devices import devices, parse_devices
-from ._errors import BrokenDeviceError, DeviceUnavailableError, InvalidDeviceError
-from ._kernels import Kernel
-from ._placement import (
-    AutoPlacer,
-    auto_kernel,
-    device_model,
-    footprint,
-    is_auto,
-    kernel_key,
-)
-from ._platforms import device_array_types, home_of
-from ._utils import warn_once
+from .._devices import devices
+from .._errors import BrokenDeviceError, DeviceUnavailableError
+from .._kernels import Kernel
+from .._platforms import device_array_types, home_of
+from .._specs import ANYWHERE, Placement
+from .._utils import warn_once
+from .placement import AutoPlacer, auto_kernel, device_model, footprint, kernel_key
 
 _PLACER_MADE = threading.Lock()  # a Router's AutoPlacer is made once
 
@@ -48,10 +43,19 @@ def holds_any(types, args, kwargs):
 CPU_PROCESSES, CPU_THREADS = "cpu", "cpu-threads"
 
 
-def route_of(target):
-    """The worker route of a part's target: a GPU id or a CPU route (parts placed by the
-    cost model are keyed ``(route, kernel, footprint)``)."""
-    return target[0] if type(target) is tuple else target
+class Target(NamedTuple):
+    """Where a part of a batch goes: its ``route`` (a GPU's id, a CPU route, a cluster
+    part), whether that is a GPU, and for calls placed by the cost model their
+    ``(kernel, footprint)`` key (None otherwise: placed by rule)."""
+
+    route: str
+    is_gpu: bool = False
+    key: tuple | None = None
+
+    @property
+    def placed(self):
+        """``"auto"`` for a part placed by the cost model, else ``"rule"``."""
+        return "rule" if self.key is None else "auto"
 
 
 def _machine_has_gpu():
@@ -65,35 +69,36 @@ class Router:
     ----------
     devices : sequence of Device
         The backend's devices; placements are resolved against them.
-    placement : device spec, optional
+    placement : Placement or device spec
         Where calls may run unless a kernel is pinned with ``.on()``.
     load : callable, optional
         ``load(gpu_id)``: the calls pending on that GPU (default: none).
+    model : callable, optional
+        Gives the cost model learned placement uses, when a call is first placed
+        ``"auto"`` (default: none, and an auto kernel is routed by capability).
     """
 
-    #: How many CPU calls run at once (set by the backend per call; learned placement
-    #: divides the CPU's queue by it).
-    cpu_slots = 1
-
-    def __init__(self, devices, placement=None, load=None):
+    def __init__(self, devices, placement=ANYWHERE, load=None, model=None):
         self.devices = tuple(devices)
         self.gpus = tuple(d for d in self.devices if d.is_gpu)
         self.cpu = next((d for d in self.devices if not d.is_gpu), None)
         self._by_id = {d.id: d for d in self.devices}
         self._load = load or (lambda device_id: 0)
+        self._model = model
         self._allowed_cache = {}
-        self.auto = is_auto(placement)
+        placement = Placement.parse(placement)
+        self.auto = placement.auto
         self.placer = None  # the AutoPlacer, made when a call is first placed "auto"
-        self.default_allowed = (self.allowed(placement)
-                                if placement is not None and not self.auto else None)
+        self.default_allowed = placement.resolve(self.devices)
         self._choices = {}  # (allowed, has GPU impl, has CPU impl) -> capability's answer
         self.lost = {}  # device id -> the BrokenDeviceError that took it out
+        self.cpu_slots = 1  # CPU calls at once: learned placement divides its queue by it
         self.cpu_route = CPU_PROCESSES
+        self._targets = {}  # route -> its Target, for parts placed by rule
 
-    def configure(self, cpu_backend="loky", prefer=None, require=None):
-        """Where CPU calls go for the coming ``Parallel`` call: threads when asked for."""
-        threads = cpu_backend == "threading" or prefer == "threads" or require == "sharedmem"
-        self.cpu_route = CPU_THREADS if threads else CPU_PROCESSES
+    def start_call(self, cpu_route, cpu_slots):
+        """A ``Parallel`` call starts: where its CPU calls go, how many run at once."""
+        self.cpu_route, self.cpu_slots = cpu_route, cpu_slots
 
     def lose(self, device_id, error):
         """Route no more calls to ``device_id``: its worker cannot go on (``error``)."""
@@ -102,34 +107,12 @@ class Router:
             self._choices = {}
 
     def allowed(self, placement):
-        """The devices of this router that ``placement`` allows.
-
-        Raises
-        ------
-        InvalidDeviceError
-            The placement names a device this router (the backend) does not have.
-        DeviceUnavailableError
-            It asks for a kind of device this machine lacks.
-        """
-        key = repr(placement)
-        if key not in self._allowed_cache:
-            items = placement if isinstance(placement, (list, tuple)) else [placement]
-            chosen = []
-            for item in items or [placement]:
-                chosen.extend(d for d in self._resolve(item, placement) if d not in chosen)
-            self._allowed_cache[key] = tuple(chosen)
-        return self._allowed_cache[key]
-
-    def _resolve(self, item, placement):
-        wanted = parse_devices(item)
-        inside = [self._by_id[d.id] for d in wanted if d.id in self._by_id]
-        if not inside:
-            has = ", ".join(str(d) for d in self.devices)
-            raise InvalidDeviceError(
-                f"Invalid placement {placement!r}: {item!r} is not among this backend's "
-                f"devices ({has}); give the backend devices= that include it, or place "
-                "the calls on one of those")
-        return inside
+        """The devices of this router that ``placement`` (a Placement, not anywhere)
+        allows (see :meth:`Placement.resolve`)."""
+        allowed = self._allowed_cache.get(placement)
+        if allowed is None:
+            allowed = self._allowed_cache[placement] = placement.resolve(self.devices)
+        return allowed
 
     def cpu_allowed(self, function):
         """Whether a call of ``function`` may run on the CPU: a kernel with a CPU
@@ -142,10 +125,8 @@ class Router:
     def _allowed_for(self, function):
         """The devices a call of ``function`` may use: its pin, else the backend's
         placement; None: any."""
-        placement = function.placement if type(function) is Kernel else None
-        if placement is None or is_auto(placement):
-            return self.default_allowed
-        return self.allowed(placement)
+        pin = function.pin if type(function) is Kernel else ANYWHERE
+        return self.default_allowed if pin.anywhere else self.allowed(pin)
 
     def split(self, items, ledger=None):
         """Positions of a batch's calls per target: a GPU id, or a CPU route.
@@ -184,15 +165,14 @@ class Router:
         """Add the calls at ``positions`` (of auto kernels) to ``groups``, where the cost
         model expects each to finish first."""
         if self.placer is None:
-            from ._model_store import get_model
-
             with _PLACER_MADE:  # (joblib dispatches from two threads)
                 if self.placer is None:
-                    self.placer = AutoPlacer(get_model(), self._slots)
+                    self.placer = AutoPlacer(self._model(), self._slots)
         chosen, entries = self.placer.place([items[p] for p in positions], self._candidates)
         for indices, device, key in chosen:
             # a part per kernel and footprint: the workers' measurements of it are its own
-            target = (self._target_of(device, items[positions[indices[0]]][0]), *key)
+            route = self._route_of(device, items[positions[indices[0]]][0])
+            target = Target(route, device.is_gpu, key)
             groups.setdefault(target, []).extend(positions[i] for i in indices)
             if ledger is not None and (device.id, *key) in entries:
                 ledger[target] = (device.id, entries.pop((device.id, *key)))
@@ -243,8 +223,8 @@ class Router:
     def _slots(self, device):
         return 1 if device.is_gpu else self.cpu_slots
 
-    def _target_of(self, device, function):
-        """The target of a call of ``function`` routed to ``device``."""
+    def _route_of(self, device, function):
+        """The route of a call of ``function`` sent to ``device``."""
         if device.is_gpu:
             return device.id
         if type(function) is Kernel and function.nogil:
@@ -252,8 +232,14 @@ class Router:
         return self.cpu_route
 
     def target(self, function, args, kwargs):
-        """Where one call runs: a GPU's id, or :data:`CPU_PROCESSES` / :data:`CPU_THREADS`."""
-        return self._target_of(self.route(function, args, kwargs), function)
+        """Where one call runs, placed by rule: a GPU, or :data:`CPU_PROCESSES` /
+        :data:`CPU_THREADS`."""
+        device = self.route(function, args, kwargs)
+        route = self._route_of(device, function)
+        target = self._targets.get(route)
+        if target is None:
+            target = self._targets[route] = Target(route, device.is_gpu)
+        return target
 
     def route_one(self, function, args, kwargs):
         """``(device, ledger entry or None)`` for one call run in the caller (n_jobs=1):
@@ -266,7 +252,7 @@ class Router:
         groups, ledger = {}, {}
         self._place_auto([(function, args, kwargs)], [0], groups, ledger)
         (target, _), = groups.items()
-        return self._by_id.get(route_of(target), self.cpu), ledger.get(target)
+        return self._by_id.get(target.route, self.cpu), ledger.get(target)
 
     def route(self, function, args, kwargs):
         """The device for one call of ``function(*args, **kwargs)``."""

@@ -15,8 +15,8 @@ import platform
 import threading
 from pathlib import Path
 
-from ._placement import CostModel, History, bucket_size, device_model
-from ._utils import format_bytes, warn_once, write_json_atomically
+from .._utils import format_bytes, warn_once, write_json_atomically
+from .placement import CostModel, History, bucket_size, device_model
 
 MODEL_PATH_ENV = "DEVICEJOBLIB_MODEL_PATH"
 # version 2: a real GPU's samples are its worker thread's CPU time (in version 1 the wall

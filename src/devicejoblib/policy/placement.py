@@ -24,8 +24,8 @@ import threading
 
 import numpy as np
 
-from ._kernels import Kernel
-from ._utils import format_bytes
+from .._kernels import Kernel
+from .._utils import array_nbytes, format_bytes
 
 #: Samples a (kernel, footprint, device model) needs before its prediction is trusted
 #: (StarPU asks 10; a sample here is a whole launch or batch, each of many calls).
@@ -57,15 +57,6 @@ def footprint(args, kwargs):
         elif isinstance(value, (list, tuple)):
             size += 8 * len(value)
     return round(math.log2(size + 1) * BUCKETS_PER_OCTAVE)
-
-
-def array_nbytes(array):
-    """An array's bytes, 0 where unknown (a lazy array's NaN, a stand-in's None)."""
-    try:
-        nbytes = float(array.nbytes)
-    except (TypeError, ValueError):
-        return 0
-    return int(nbytes) if math.isfinite(nbytes) else 0
 
 
 def bucket_size(bucket):
@@ -363,13 +354,10 @@ def format_per_call(seconds):
     return "no estimate" if seconds is None else f"{seconds * 1e6:.1f} us/call"
 
 
-def is_auto(placement):
-    """Whether a placement asks for learned placement."""
-    return isinstance(placement, str) and placement.strip().lower() == "auto"
-
-
 def auto_kernel(function, backend_auto):
-    """Whether calls of ``function`` are placed by the cost model."""
+    """Whether calls of ``function`` are placed by the cost model: a kernel pinned
+    ``"auto"``, or one not pinned under a backend placing ``"auto"``."""
     if type(function) is not Kernel:
         return False
-    return is_auto(function.placement) or (backend_auto and function.placement is None)
+    pin = function.pin
+    return pin.auto or (backend_auto and pin.anywhere)

@@ -8,9 +8,9 @@ import threading
 import time
 from concurrent.futures import Future
 
-from ._devices import cpu_device
-from ._fusion import Failure, Lost, has_batched_form, run_calls
-from ._joblib_adapters import applied_config, nested_config, nested_config_key
+from .._devices import cpu_device
+from .._joblib_adapters import applied_config, nested_config, nested_config_key
+from .fusion import Failure, Lost, has_batched_form, run_calls
 
 
 class GPUTask:

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._kernels import Kernel
-from ._utils import warn_once, warn_user
+from .._context import bind_thread
+from .._kernels import Kernel
+from .._utils import warn_once, warn_user
 
 _SCALARS = (bool, int, float, complex, np.number)
 
@@ -300,3 +301,23 @@ def describe(function, args, kwargs):
 def _short(value):
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def run_bound(device, kernel, args, kwargs, keep_on_device=False):
+    """One kernel call run in the calling thread, bound to ``device`` for the call
+    (``Parallel(n_jobs=1)``: a debugger can step into GPU code); its result on the host
+    unless kept."""
+    if not device.is_gpu:
+        return kernel.run_on(None, args, kwargs)
+    with device.platform.bound(device) as sync:
+        previous = bind_thread(device)
+        try:
+            device.platform.simulate_launch(device, (*args, *kwargs.values()))
+            result = kernel.run_on(device, args, kwargs)
+            sync()
+            return to_host(result, device, keep_on_device)
+        except Exception as exc:
+            add_note(exc, f"raised by {describe(kernel, args, kwargs)} on {device}")
+            raise
+        finally:
+            bind_thread(previous)

@@ -8,8 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from ._placement import array_nbytes
-from ._utils import warn_once, write_json_atomically
+from .._utils import array_nbytes, warn_once, write_json_atomically
 
 
 class Trace:

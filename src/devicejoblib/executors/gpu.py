@@ -10,10 +10,10 @@ import threading
 import time
 from concurrent.futures import Future
 
-from ._context import bind_thread
-from ._errors import BrokenDeviceError, with_worker_traceback
-from ._fusion import Failure, Lost
-from ._utils import guarded_timer
+from .._context import bind_thread
+from .._errors import BrokenDeviceError, with_worker_traceback
+from .._utils import guarded_timer
+from ..run.fusion import Failure, Lost
 
 _STOP = object()
 #: Load added to a GPU whose call outlived an abort: routing prefers any other device.

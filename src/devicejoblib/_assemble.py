@@ -1,0 +1,89 @@
+"""How a backend, or a Dask worker, is put together from its settings: the GPU pool with
+its launch sizers and launch code, and the observer that tells the trace and the
+placement model what the pool's workers ran."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+from ._devices import devices
+from .executors.gpu_pool import GPUPool
+from .observe.bookkeeping import report_lost
+from .observe.trace import describe_part
+from .policy.batching import BatchPolicy
+from .policy.model_store import learnt_launch_size, remember_launch_sizes
+from .policy.placement import auto_kernel, hold_first, release_held
+from .run.tasks import execute_gpu
+
+
+def make_gpu_pool(gpus, batching, keep_on_device=False, cpu_fallback=None, reroute=None,
+                  observer=None, on_shutdown=None):
+    """A GPU pool over ``gpus``, its launches sized by ``batching``'s launch sizers."""
+    sizers = {device.id: batching.launch_sizer(device) for device in gpus}
+
+    def execute_for(device):
+        return functools.partial(execute_gpu, device, keep_on_device, sizers[device.id],
+                                 cpu_fallback=cpu_fallback)
+
+    return GPUPool(gpus, execute_for, sizers, reroute=reroute,
+                   observe=observer and observer.group_done,
+                   on_thread_exit=observer and observer.thread_ends, on_shutdown=on_shutdown)
+
+
+def worker_gpu_pool():
+    """The GPU pool of a Dask worker (made there by its plugin): the worker's GPUs,
+    starting from the launch sizes learnt before, which it keeps when it ends."""
+    batching = BatchPolicy(learnt=learnt_launch_size)
+    return make_gpu_pool(
+        [d for d in devices() if d.is_gpu], batching,
+        on_shutdown=lambda: remember_launch_sizes(batching.launch_sizers.values()))
+
+
+class GPUObserver:
+    """What the GPU workers' groups tell the trace and the cost model (its errors cost
+    a warning, never a result)."""
+
+    def __init__(self, router, trace=None):
+        self.router = router
+        self.trace = trace
+
+    def group_done(self, device, calls, n_calls, seconds, cost):
+        """A group of ``n_calls`` took ``seconds`` on ``device``: a slice in the trace;
+        and ``cost`` seconds of the device's (None if its cost timer failed), a sample
+        for the cost model (held back if it is the thread's first of its kind)."""
+        router, trace = self.router, self.trace
+        if trace is None and router.placer is None:
+            return
+        try:
+            if trace is not None:
+                name, args = describe_part(calls)
+                placed = "auto" if any(auto_kernel(f, router.auto) for f, _, _ in calls) \
+                    else "rule"
+                if cost is not None:  # what of it the thread was working (its cost timer)
+                    args["working_ms"] = round(cost * 1e3, 3)
+                trace.slice(str(device), name, time.perf_counter() - seconds, seconds,
+                            placed=placed, **args)
+            sample(router, router.sample_key(device, calls), n_calls, cost)
+        except Exception as exc:  # never at the cost of the results
+            report_lost("the trace or the placement model", exc)
+
+    def thread_ends(self):
+        """A worker thread ends: its held first samples that no later one followed are
+        samples after all."""
+        try:
+            for key, n_calls, seconds in release_held():
+                self.router.record(key, n_calls, seconds)
+        except Exception as exc:  # never at the cost of the results
+            report_lost("the placement model", exc)
+
+
+def sample(router, key, n_calls, seconds, hold=True):
+    """Record a sample of ``key`` (None: no model's) unless ``seconds`` is None (the
+    platform's cost timer failed) or, with ``hold`` (a GPU's), it is this thread's
+    first of ``key`` (held back)."""
+    if key is None or seconds is None:
+        return
+    taken = hold_first(key, n_calls, seconds) if hold else (n_calls, seconds)
+    if taken is not None:
+        router.record(key, *taken)

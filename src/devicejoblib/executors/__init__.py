@@ -1,0 +1,62 @@
+"""Executors run the parts of joblib batches that routing made and complete their
+futures: the GPU pool (a worker thread per GPU), a CPU pool per CPU route (loky
+processes or threads), and the Dask client (a Dask task per part).
+
+They share one small interface, :class:`Executor`, and are handed values and
+callables: none of them imports a decision (routing, placement, batch sizes).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+
+@dataclass
+class ExecutorStats:
+    """What one device or route ran: calls, batches (parts, launch groups) and busy
+    seconds; ``working_seconds``, where the executor's cost timer says, the part of
+    those seconds its thread was working."""
+
+    calls: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    working_seconds: float | None = None
+
+    def add(self, calls, seconds, working=None):
+        self.calls += calls
+        self.batches += 1
+        self.seconds += seconds
+        if working is not None:
+            self.working_seconds = (self.working_seconds or 0.0) + working
+
+    def row(self):
+        """The report row: ``{"calls", "batches", "seconds"[, "working_seconds"]}``."""
+        row = {"calls": self.calls, "batches": self.batches, "seconds": self.seconds}
+        if self.working_seconds is not None:
+            row["working_seconds"] = self.working_seconds
+        return row
+
+
+class Executor(abc.ABC):
+    """Runs parts of joblib batches somewhere.
+
+    ``submit`` hands over a part and returns a :class:`concurrent.futures.Future` of its
+    results (a list, in call order), completed with the part's first error otherwise;
+    ``on_done(future)`` is called once, when it is done, then dropped.
+    """
+
+    @abc.abstractmethod
+    def submit(self, target, batch, on_done=None, whole=None):
+        """Run the part ``batch`` (of a joblib batch of ``whole`` calls) for ``target``."""
+
+    def abort(self, patience=None):
+        """Cancel what has not started; leave what runs to finish on its own (given
+        ``patience``, the seconds after which a call still running never returns)."""
+
+    def shutdown(self, wait=True):
+        """Stop the workers (after what they run, waiting unless ``wait=False``)."""
+
+    def stats(self):
+        """``{device or route: report row}`` of what ran here."""
+        return {}

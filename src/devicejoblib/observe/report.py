@@ -1,0 +1,38 @@
+"""The dispatch report: a row per device (calls, batches, seconds...) and its lines."""
+
+from __future__ import annotations
+
+_COUNTS = ("calls", "batches", "seconds", "working_seconds", "auto_calls",
+           "calibrating_calls")
+
+
+def minus(row, before):
+    """A report row with the counts of ``before`` (the same device's, earlier) taken off."""
+    return {key: value - before.get(key, 0) if key in _COUNTS else value
+            for key, value in row.items()}
+
+
+def format_report(report, since=None):
+    """One line per device of ``report`` (a GPU worker that spent a tenth of its busy
+    time or more not working, by its cost timer, says so); with ``since`` (an earlier
+    report), what was done after it."""
+    lines = []
+    for device, r in report.items():
+        if since is not None:
+            r = minus(r, since.get(device, {}))
+            if not r["calls"] and "lost" not in r:
+                continue
+        lines.append(
+            f"{device}: {r['calls']} calls in {r['batches']} batches, {r['seconds']:.3f}s"
+            + (f", batch size {r['batch_size']} ({r['batch_policy']})"
+               if "batch_size" in r else "") + _waited(r))
+    return "\n".join(lines)
+
+
+def _waited(row):
+    """", 35% of it not working (waits for the GIL, a core, I/O)" for a report row whose
+    worker's cost timer left out a tenth of its busy time or more; else ""."""
+    seconds, working = row.get("seconds"), row.get("working_seconds")
+    if not seconds or working is None or working > 0.9 * seconds:
+        return ""
+    return f", {1 - working / seconds:.0%} of it not working (waits for the GIL, a core, I/O)"
