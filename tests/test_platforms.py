@@ -41,9 +41,11 @@ class FakeAccelerator(Platform):
 @pytest.fixture
 def registry(monkeypatch):
     """The registry, and discovery's cache, restored after the test."""
-    monkeypatch.setattr(_platforms, "_PLATFORMS", dict(_platforms._PLATFORMS))
+    saved = dict(_platforms._PLATFORMS)
     monkeypatch.setattr(devicejoblib._devices, "_cache", {})
-    return _platforms
+    yield _platforms
+    _platforms._PLATFORMS.clear()
+    _platforms._PLATFORMS.update(saved)
 
 
 @kernel

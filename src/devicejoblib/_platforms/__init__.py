@@ -11,12 +11,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 
-from .base import CPU_IMPLEMENTATION, GPU_IMPLEMENTATION, IMPLEMENTATIONS, Platform
+from .base import CPU_IMPLEMENTATION, GPU_IMPLEMENTATION, IMPLEMENTATIONS, REGISTERED, Platform
 from .cuda import CUDAPlatform, CuPyPlatform, NumbaPlatform
 from .host import HOST_THREADS, HostPlatform
 from .simulated import SimulatedGPUPlatform
 
-_PLATFORMS: dict[str, Platform] = {}
+_PLATFORMS = REGISTERED  # (kept in base: unpickling a platform looks it up)
 _lock = threading.Lock()
 generation = 0  # bumped by register(): discovery caches are keyed by it
 
@@ -102,13 +102,6 @@ def get_platform(name):
     except KeyError:
         raise ValueError(f"Invalid platform {name!r}: registered platforms are "
                          f"{', '.join(map(repr, _PLATFORMS))}") from None
-
-
-def _restore(name, cls):
-    """A platform as unpickled: the registered one of that name and class, else a new
-    instance of the class."""
-    platform = _PLATFORMS.get(name)
-    return platform if type(platform) is cls else cls()
 
 
 class _DeviceKinds(Mapping):

@@ -184,11 +184,19 @@ class Platform(abc.ABC):
         return f"<platform {self.name!r}: {self.kind} devices>"
 
     def __reduce__(self):
-        # the registered object where this process has one (worker processes import
-        # devicejoblib, not the user's register() call): a new one of the same class
-        from . import _restore
-
         return _restore, (self.name, type(self))
+
+
+#: The registry's storage (name -> Platform), filled by ``devicejoblib.register``.
+REGISTERED: dict[str, Platform] = {}
+
+
+def _restore(name, cls):
+    """A platform as unpickled: the registered one of that name and class where this
+    process has one (worker processes import devicejoblib, not the user's register()
+    call), else a new instance of the class."""
+    platform = REGISTERED.get(name)
+    return platform if type(platform) is cls else cls()
 
 
 def _nothing_to_wait_for():
