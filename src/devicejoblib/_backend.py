@@ -17,10 +17,8 @@ in ``observe``. The backend serves one ``Parallel`` call at a time.
 
 from __future__ import annotations
 
-import collections
 import functools
 import threading
-import time
 import weakref
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
@@ -31,7 +29,6 @@ from ._joblib_adapters import (
     ParallelBackendBase,
     active_backend,
     cpu_n_jobs,
-    known_total,
     make_loky,
     sub_batch,
 )
@@ -40,16 +37,14 @@ from .executors.cpu import CPUPool
 from .executors.dask_client import DaskClientExecutor
 from .observe.bookkeeping import after, guarded
 from .observe.progress import Progress
-from .observe.report import format_report
-from .observe.trace import Trace, describe_part
+from .observe.report import call_report, format_report
+from .observe.trace import Trace, watched
 from .policy.batching import BatchPolicy
 from .policy.cluster_routing import ClusterRouter
 from .policy.model_store import get_model, learnt_launch_size, remember_launch_sizes
 from .policy.routing import CPU_PROCESSES, CPU_THREADS, Router
 from .run.fusion import run_bound
 from .run.tasks import JoinedBatch, failed
-
-_CPU_TRACKS = {CPU_PROCESSES: "cpu (processes)", CPU_THREADS: "cpu (threads)"}
 
 
 @dataclass
@@ -212,16 +207,9 @@ class DeviceBackend(ParallelBackendBase):
 
     def stop_call(self):
         parallel, (report, placed) = self._call.parallel, self._call.before or ({}, None)
-        if parallel is None or not parallel.verbose:
-            return
-        lines = self.format_report(since=report).splitlines()
-        placer = self.router.placer
-        explained = "" if placer is None else placer.explain(
-            since=placed or collections.Counter())
-        if explained:
-            lines += ["placed 'auto' in this call:", *explained.splitlines()]
-        for line in lines:
-            parallel._print(line)
+        if parallel is not None and parallel.verbose:
+            for line in call_report(self.report(), report, self.router.placer, placed):
+                parallel._print(line)
 
     def terminate(self):
         try:
@@ -289,34 +277,17 @@ class DeviceBackend(ParallelBackendBase):
         if entry is not None:  # what the part queued in the cost model's view
             callback = after(lambda _: self.router.settle(entry), callback,
                              "the placement model")
-        if watch and (self._call.progress is not None or self._trace is not None):
-            callback = self._watched(target, batch, callback)
+        call = self._call
+        if watch and (call.progress is not None or self._trace is not None):
+            callback = watched(target, batch, callback, call.progress, self._trace,
+                               call.parallel)
         if target.is_gpu and self.batching.gpu_bound:
-            callback = _timing_dispatch(self.batching.dispatch, len(batch), callback)
+            callback = self.batching.dispatch.timing(len(batch), callback)
         try:
             executor = self.cluster or (self.gpus if target.is_gpu else self.cpu[target.route])
             return executor.submit(target, batch, callback, whole)
         except BaseException as exc:
             return self._failed(exc, callback)
-
-    def _watched(self, target, batch, callback):
-        """``callback``, preceded by counting the part's calls in the progress bar and,
-        for CPU parts, a slice in the trace (GPU workers trace their own groups)."""
-        n_calls, start, call, trace = len(batch), time.perf_counter(), self._call, self._trace
-        items = batch.items if trace is not None and not target.is_gpu else None
-
-        def watch(future):
-            if items is not None and not future.exception():
-                name, args = describe_part(items)
-                end = time.perf_counter()
-                # the worker's own time where it was measured, else from submission
-                seconds = getattr(future, "worker_seconds", None) or end - start
-                trace.slice(_CPU_TRACKS.get(target.route, target.route), name,
-                            end - seconds, seconds, placed=target.placed, **args)
-            if call.progress is not None:
-                call.progress.update(n_calls, target.route, known_total(call.parallel))
-
-        return after(watch, callback, "the trace or progress bar")
 
     def _failed(self, error, callback):
         """A Future that raises ``error``, its callback fired on the callback thread."""
@@ -399,19 +370,6 @@ class DeviceBackend(ParallelBackendBase):
         """Whether a call's ``n_jobs`` asks joblib to run the calls in the caller's
         thread (1, or None with no ``parallel_config`` setting more)."""
         return n_jobs in (None, 1) and self.config.n_cpu_jobs in (None, 1)
-
-
-def _timing_dispatch(sizer, n_calls, callback):
-    """``callback``, preceded by telling joblib's dispatch sizer how long a GPU-bound
-    batch of ``n_calls`` took (after a failure the call ends and the sizer is reset)."""
-    started = time.perf_counter()
-
-    def timed(future):
-        sizer.completed(n_calls, time.perf_counter() - started)
-        if callback is not None:
-            callback(future)
-
-    return timed
 
 
 def _reroute(backend_ref, device_id, error, batch, items):

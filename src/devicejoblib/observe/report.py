@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 _COUNTS = ("calls", "batches", "seconds", "working_seconds", "auto_calls",
            "calibrating_calls")
 
@@ -36,3 +38,15 @@ def _waited(row):
     if not seconds or working is None or working > 0.9 * seconds:
         return ""
     return f", {1 - working / seconds:.0%} of it not working (waits for the GIL, a core, I/O)"
+
+
+def call_report(report, before, placer=None, placed=None):
+    """The lines a verbose ``Parallel`` call ends with: what each device did since
+    ``before`` (an earlier report), and why the calls placed ``"auto"`` since
+    ``placed`` (an earlier copy of the placer's decisions) went where they did."""
+    lines = format_report(report, since=before).splitlines()
+    explained = "" if placer is None else placer.explain(
+        since=placed or collections.Counter())
+    if explained:
+        lines += ["placed 'auto' in this call:", *explained.splitlines()]
+    return lines

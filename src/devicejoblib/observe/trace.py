@@ -8,7 +8,12 @@ import threading
 import time
 from pathlib import Path
 
+from .._joblib_adapters import known_total
 from .._utils import array_nbytes, warn_once, write_json_atomically
+from .bookkeeping import after
+
+#: The trace's tracks of the CPU routes (GPUs are named by their ids).
+CPU_TRACKS = {"cpu": "cpu (processes)", "cpu-threads": "cpu (threads)"}
 
 
 class Trace:
@@ -79,3 +84,23 @@ def describe_part(items):
             moved += array_nbytes(value) if hasattr(value, "shape") else 0
     return " + ".join(names), {"calls": len(items), "bytes": moved,
                                "kernels": names}
+
+
+def watched(target, batch, callback, progress=None, trace=None, parallel=None):
+    """``callback``, preceded by counting the part's calls in the progress bar and,
+    for CPU parts, a slice in the trace (GPU workers trace their own groups)."""
+    n_calls, start = len(batch), time.perf_counter()
+    items = batch.items if trace is not None and not target.is_gpu else None
+
+    def watch(future):
+        if items is not None and not future.exception():
+            name, args = describe_part(items)
+            end = time.perf_counter()
+            # the worker's own time where it was measured, else from submission
+            seconds = getattr(future, "worker_seconds", None) or end - start
+            trace.slice(CPU_TRACKS.get(target.route, target.route), name, end - seconds,
+                        seconds, placed=target.placed, **args)
+        if progress is not None:
+            progress.update(n_calls, target.route, known_total(parallel))
+
+    return after(watch, callback, "the trace or progress bar")

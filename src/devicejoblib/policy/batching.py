@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 from .._joblib_adapters import cpu_auto_batching
 from .._kernels import Kernel
@@ -293,6 +294,18 @@ class DispatchBatchSizer:
         """The batch size to hand joblib, given the GPUs' current launch size."""
         size = max(self.size or 0, gpu_size)
         return size if self.cap is None else min(size, self.cap)
+
+    def timing(self, n_calls, callback):
+        """``callback`` (may be None), preceded by telling this sizer how long the
+        GPU-bound batch of ``n_calls`` dispatched now took."""
+        started = time.perf_counter()
+
+        def timed(future):
+            self.completed(n_calls, time.perf_counter() - started)
+            if callback is not None:
+                callback(future)
+
+        return timed
 
     def completed(self, n_calls, seconds):
         """A GPU-bound batch of ``n_calls`` took ``seconds`` from dispatch to completion."""
