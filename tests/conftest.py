@@ -74,6 +74,20 @@ def kind_devices(request):
 
 
 @pytest.fixture
+def registry(monkeypatch):
+    """The registries of platforms and array libraries, and discovery's cache, restored
+    after the test."""
+    from devicejoblib import _platforms, arrays
+
+    saved = dict(_platforms._PLATFORMS), dict(arrays.REGISTERED)
+    monkeypatch.setattr(devicejoblib._devices, "_cache", {})
+    yield _platforms
+    for registered, before in zip((_platforms._PLATFORMS, arrays.REGISTERED), saved):
+        registered.clear()
+        registered.update(before)
+
+
+@pytest.fixture
 def fresh_warnings(monkeypatch):
     """No once-only warning given yet in this process (restored after the test)."""
     monkeypatch.setattr(devicejoblib._utils, "_warned", set())

@@ -30,7 +30,7 @@ from devicejoblib import (
     delayed,
     parallel_config,
 )
-from devicejoblib._platforms import home_of
+from devicejoblib.arrays import home_of
 
 pytestmark = pytest.mark.skipif(not devicejoblib.USE_JOBLIB, reason="needs joblib")
 

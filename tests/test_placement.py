@@ -207,7 +207,7 @@ def test_a_real_gpus_sample_counts_its_work_and_leaves_out_its_waits(gpus):
     # CUDA platforms charge the model their thread's CPU time: a wait for the GIL (here
     # a sleep) uses none, and CUDA's default synchronisation spins while the GPU works
     device = gpus[0]
-    if device.simulated or device.platform.name != "cupy":
+    if device.simulated or device.provider != "cupy":
         pytest.skip("a real GPU's work, launched through CuPy")
     platform = device.platform
     with platform.bound(device) as sync:

@@ -33,6 +33,7 @@ from ._platforms.simulated import SimulatedDeviceLost, SimulatedOutOfMemory
 from ._safe_import import USE_JOBLIB, Parallel, cpu_count, delayed, parallel_config
 from ._specs import parse_devices
 from ._version import __version__
+from .arrays import ArrayLibrary, array_libraries, get_array_library, register_array_library
 
 _LAZY = {"DeviceBackend": "._backend", "SimulatedDeviceArray": "._platforms.simulated_arrays",
          "simulated_cluster": ".testing", "testing": ".testing"}
@@ -67,6 +68,7 @@ __all__ = [
     "SIMULATED_MEMORY_ENV",
     "SIMULATE_GPUS_ENV",
     "USE_JOBLIB",
+    "ArrayLibrary",
     "BrokenDeviceError",
     "ClusterLostError",
     "Device",
@@ -82,11 +84,13 @@ __all__ = [
     "SimulatedDeviceLost",
     "SimulatedOutOfMemory",
     "__version__",
+    "array_libraries",
     "array_module",
     "cpu_count",
     "current_device",
     "delayed",
     "devices",
+    "get_array_library",
     "get_platform",
     "is_available",
     "kernel",
@@ -95,6 +99,7 @@ __all__ = [
     "parse_devices",
     "platforms",
     "register",
+    "register_array_library",
     "simulate_gpus",
     "simulated_cluster",
 ]

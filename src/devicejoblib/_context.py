@@ -42,11 +42,13 @@ def array_module():
     Returns
     -------
     module
-        CuPy on a CuPy GPU's worker thread; NumPy on the CPU, on simulated GPUs and on
-        GPUs seen through Numba alone. Write a kernel once against
-        ``xp = array_module()`` and it runs on either.
+        The module of the device's default array library: CuPy on a GPU seen through
+        CuPy; NumPy on the CPU, on simulated GPUs and on GPUs seen through Numba
+        alone. Write a kernel once against ``xp = array_module()`` and it runs on
+        either.
     """
-    return current_device().platform.array_module()
+    device = current_device()
+    return device.platform.array_module(device)
 
 
 def numba_cuda_lock():

@@ -58,6 +58,10 @@ class Device:
     lose_after : int or None
         Fault injection, simulated GPUs only: each worker thread of this GPU finds it
         lost from its launch number ``lose_after + 1`` on (``DEVICEJOBLIB_SIMULATED_LOSS``).
+    provider : str
+        What found the device: an array library for CUDA GPUs (``"cupy"``, or
+        ``"numba"`` where CuPy is missing), which is also the default library of its
+        GPU implementations; else the platform's name (``"host"``, ``"simulator"``).
     """
 
     platform: Platform
@@ -70,10 +74,13 @@ class Device:
     cores: int | None = None
     launch_latency: float = 0.0
     lose_after: int | None = None
+    provider: str = ""
 
     def __post_init__(self):
         if isinstance(self.platform, str):
             object.__setattr__(self, "platform", get_platform(self.platform))
+        if not self.provider:
+            object.__setattr__(self, "provider", self.platform.name)
         if isinstance(self.compute_capability, list):
             object.__setattr__(self, "compute_capability", tuple(self.compute_capability))
         # read for every routed batch: made once
@@ -99,11 +106,6 @@ class Device:
     def simulated(self):
         """True for a host-backed simulated GPU (``DEVICEJOBLIB_SIMULATE_GPUS``)."""
         return self.platform.simulated
-
-    @property
-    def provider(self):
-        """The platform's name: ``"host"``, ``"simulator"``, ``"cupy"`` or ``"numba"``."""
-        return self.platform.name
 
     def __str__(self):
         return self.id + (" (simulated)" if self.simulated else "")
@@ -284,30 +286,35 @@ def cpu_device():
 
 
 def _discover_real():
-    """(devices, notes, versions) from the first platform of real GPUs that sees some."""
-    candidates = [p for p in _platforms.platforms() if p.is_gpu and not p.simulated]
-    installed = [p for p in candidates if p.installed()]
+    """(devices, notes, versions) from the first platform of real GPUs whose prober (for
+    CUDA, an array library: CuPy, then Numba) sees some."""
+    candidates = [(platform, prober) for platform in _platforms.platforms()
+                  if platform.is_gpu and not platform.simulated
+                  for prober in platform.probers()]
+    installed = [(platform, prober) for platform, prober in candidates if prober.installed()]
     if not installed:
-        packages = " or ".join(p.package for p in candidates if p.package)
+        packages = " or ".join(p.package for _, p in candidates if p.package)
         return [], [f"no GPU package is installed ({packages}; pip install cupy-cuda12x "
                     "or cupy-cuda13x)"], {}
-    unusable, hidden = {}, []  # reason -> packages; reasons the user chose
-    for platform in installed:
+    unusable, hidden = {}, []  # reason -> probers; reasons the user chose
+    for platform, prober in installed:
         reason = platform.hidden_by_user()
         if reason is not None:
             hidden.append(reason)
             continue
-        reason = platform.unavailable_reason()
+        reason = prober.unavailable_reason() or (
+            None if prober is platform else platform.unavailable_reason())
         if reason is None:
             try:
-                found, versions = platform.probe()
+                found, versions = prober.probe()
             except Exception as exc:  # a broken CUDA must never break discovery
                 reason = f"found no usable GPU: {type(exc).__name__}: {exc}"
             else:
                 if found:
-                    return [Device(platform, **props) for props in found], [], versions
+                    return [Device(platform, **{"provider": prober.name, **props})
+                            for props in found], [], versions
                 reason = f"sees no {platform.kind} device"
-        unusable.setdefault(reason, []).append(platform)
+        unusable.setdefault(reason, []).append(prober)
     notes = list(dict.fromkeys(hidden)) + [
         f"{' and '.join(p.package for p in group)} {reason}"
         for reason, group in unusable.items()]

@@ -67,6 +67,7 @@ class Kernel:
                  batched=None, setup=None):
         self._cpu = cpu
         self._cuda = cuda
+        self._cuda_library = None  # the array library the GPU implementation is for
         self.nogil = nogil
         self.pin = Placement.parse(placement)  # (a malformed spec fails here, at .on())
         self.placement = placement
@@ -84,9 +85,25 @@ class Kernel:
         CPU implementation on the GPU's worker)."""
         return self._cuda is not None or GPU_IMPLEMENTATION in self._batched
 
-    def cuda(self, function):
-        """Decorator: register ``function`` as the GPU implementation; returns the kernel."""
+    def cuda(self, function=None, *, library=None):
+        """Decorator: register ``function`` as the GPU implementation; returns the kernel.
+
+        Parameters
+        ----------
+        library : str, optional
+            The array library it is written for (``"cupy"``, ``"numba"``, a registered
+            one's, registered by the time it runs; see
+            :func:`devicejoblib.array_libraries`): its NumPy arguments arrive as that
+            library's arrays on the GPU. Default: the library the GPU was found through
+            (CuPy where installed).
+        """
+        if library is not None and not (isinstance(library, str) and library):
+            raise TypeError(f"Invalid library={library!r} for the GPU implementation of "
+                            f"{self.__name__!r}: expected the name of an array library")
+        if function is None:
+            return functools.partial(self.cuda, library=library)
         self._cuda = check_callable(f"GPU implementation of {self.__name__!r}", function)
+        self._cuda_library = library
         return self
 
     def batched(self, function=None, *, same=(), device=None):
@@ -159,6 +176,7 @@ class Kernel:
         """
         placed = Kernel(self._cpu, self._cuda, nogil=self.nogil, placement=device,
                         wraps=self.__wrapped__, batched=self._batched, setup=self._setup)
+        placed._cuda_library = self._cuda_library
         placed._base = self
         return placed
 
@@ -183,7 +201,7 @@ class Kernel:
                     f"kernel {self.__name__!r} has only a GPU implementation: run it through "
                     "Parallel with the 'device' backend on a GPU (real or simulated)")
             return self._cpu(*args, **kwargs)
-        args, kwargs = device.platform.to_device(args, kwargs)
+        args, kwargs = device.platform.to_device(args, kwargs, device, self._cuda_library)
         return self._cuda(*args, **kwargs)
 
     def __repr__(self):
@@ -205,7 +223,8 @@ class Kernel:
                 pass
         return Kernel, (self._cpu, self._cuda), {"nogil": self.nogil,
                                                  "_batched": self._batched,
-                                                 "_setup": self._setup}
+                                                 "_setup": self._setup,
+                                                 "_cuda_library": self._cuda_library}
 
     @property
     def resident_key(self):

@@ -1,9 +1,10 @@
 """Platforms: one object per kind of device, and the registry they are found in.
 
-Everything that differs between the host CPU, a simulated GPU, a CUDA GPU through CuPy
-and one through Numba alone lives in its :class:`Platform`; the rest of devicejoblib asks
-a device's platform. The registry, like threadpoolctl's list of controllers, is where
-valid device kinds, their spellings in specs and the order of discovery come from.
+Everything that differs between the host CPU, a simulated GPU and a CUDA GPU lives in
+its :class:`Platform`; the rest of devicejoblib asks a device's platform. How arrays
+live on a device is the other axis, array libraries (:mod:`devicejoblib.arrays`). The
+registry, like threadpoolctl's list of controllers, is where valid device kinds, their
+spellings in specs and the order of discovery come from.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 
+from ..arrays import register_array_library
 from .base import CPU_IMPLEMENTATION, GPU_IMPLEMENTATION, IMPLEMENTATIONS, REGISTERED, Platform
-from .cuda import CUDAPlatform, CuPyPlatform, NumbaPlatform
+from .cuda import CUDAPlatform
 from .host import HOST_THREADS, HostPlatform
-from .simulated import SimulatedGPUPlatform
+from .simulated import SIMULATED_ARRAYS, SimulatedGPUPlatform
 
 _PLATFORMS = REGISTERED  # (kept in base: unpickling a platform looks it up)
 _lock = threading.Lock()
@@ -86,7 +88,7 @@ def get_platform(name):
     Parameters
     ----------
     name : str
-        ``"host"``, ``"simulator"``, ``"cupy"``, ``"numba"`` or a registered one's.
+        ``"host"``, ``"simulator"``, ``"cuda"`` or a registered one's.
 
     Returns
     -------
@@ -133,28 +135,8 @@ DEVICE_KINDS = _DeviceKinds()
 
 HOST = register(HostPlatform())
 SIMULATOR = register(SimulatedGPUPlatform())
-register(CuPyPlatform())
-register(NumbaPlatform())
-
-
-def device_array_types():
-    """Array types that may live on a device in this process (none before any could
-    exist, so that routing skips looking at arguments)."""
-    types = ()
-    for platform in _PLATFORMS.values():
-        found = platform.array_types()
-        if found:
-            types += found
-    return types
-
-
-def home_of(value):
-    """The id of the device that array ``value`` lives on, or None."""
-    for platform in _PLATFORMS.values():
-        types = platform.array_types()
-        if types and isinstance(value, types):
-            return platform.home_of(value)
-    return None
+register(CUDAPlatform())
+register_array_library(SIMULATED_ARRAYS)
 
 
 __all__ = [
@@ -166,14 +148,10 @@ __all__ = [
     "IMPLEMENTATIONS",
     "SIMULATOR",
     "CUDAPlatform",
-    "CuPyPlatform",
     "HostPlatform",
-    "NumbaPlatform",
     "Platform",
     "SimulatedGPUPlatform",
-    "device_array_types",
     "get_platform",
-    "home_of",
     "platforms",
     "register",
 ]

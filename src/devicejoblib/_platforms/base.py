@@ -54,7 +54,8 @@ class Platform(abc.ABC):
 
     @abc.abstractmethod
     def probe(self, **settings):
-        """The devices of this platform: ``(list of property dicts, versions dict)``.
+        """The devices of this platform: ``(list of property dicts, versions dict)``
+        (a platform whose :meth:`probers` are others asks them).
 
         Each dict holds :class:`~devicejoblib.Device` fields (``index``, ``name``,
         ``memory_total``...). May raise: discovery turns the error into a note.
@@ -97,8 +98,9 @@ class Platform(abc.ABC):
         caller's thread); yields the function that waits for the call's queued work."""
         return contextlib.nullcontext(_nothing_to_wait_for)
 
-    def synchronize(self):
+    def synchronize(self, device=None):
         """Wait for the work the calling thread queued on its device."""
+        self.library_for(device).synchronize()
 
     def start_timer(self, device):
         """Start timing a launch on ``device``; the returned function gives its seconds."""
@@ -124,31 +126,42 @@ class Platform(abc.ABC):
         """Limit the calling thread's own native pools (OpenMP), at the start of one of
         ``n_threads`` threads of this platform computing on the host."""
 
-    # --- data ----------------------------------------------------------------------------
+    # --- data: the array libraries it serves ----------------------------------------
 
-    def array_module(self):
-        """The array module of code running on this platform's devices."""
-        return _numpy()
+    def probers(self):
+        """What lists this platform's devices: objects with ``name``, ``package``,
+        ``installed()``, ``unavailable_reason()``, ``probe()`` and
+        ``warn_when_unusable`` tried in turn, the first that finds devices being their
+        ``provider`` (the platform itself here; CUDA's are its array libraries)."""
+        return (self,)
 
-    def to_device(self, args, kwargs):
-        """A call's arguments as the GPU implementation receives them."""
-        return args, kwargs
+    def library_for(self, device=None, name=None):
+        """The array library a call on ``device`` gets for an implementation written
+        for library ``name`` (None: the device's default, NumPy here)."""
+        from ..arrays import NUMPY, get_array_library
+
+        return NUMPY if name is None else get_array_library(name)
+
+    def array_module(self, device=None):
+        """The array module of code running on ``device`` (its default library's)."""
+        return self.library_for(device).module()
+
+    def to_device(self, args, kwargs, device=None, library=None):
+        """A call's arguments as an implementation written for ``library`` receives
+        them on ``device`` (host arrays moved by that library)."""
+        move = self.library_for(device, library).to_device
+        return tuple(map(move, args)), {k: move(v) for k, v in kwargs.items()}
 
     def to_host(self, result, device, keep_on_device=False):
-        """One result value as the caller receives it (a NumPy array unless kept)."""
-        return result
+        """One result value as the caller receives it (on the host unless kept)."""
+        from ..arrays import library_of
 
-    def array_types(self):
-        """Types of arrays living on this platform's devices (for data affinity)."""
-        return ()
+        library = library_of(result)
+        return result if library is None else library.to_host(result, keep_on_device)
 
-    def home_of(self, value):
-        """The id of the device an array of :meth:`array_types` lives on, or None."""
-        return None
-
-    def empty_like(self, array):
+    def empty_like(self, array, device=None):
         """An uninitialised array like ``array``, on the calling thread's device."""
-        return self.array_module().empty_like(array)
+        return self.library_for(device).empty_like(array)
 
     # --- memory ---------------------------------------------------------------------------
 
@@ -201,13 +214,6 @@ def _restore(name, cls):
 
 def _nothing_to_wait_for():
     return None
-
-
-@functools.cache
-def _numpy():
-    import numpy
-
-    return numpy
 
 
 def wall_timer():

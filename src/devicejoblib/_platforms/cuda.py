@@ -1,12 +1,15 @@
-"""CUDA GPUs, through CuPy (arrays, streams, memory pool) or through Numba alone."""
+"""CUDA GPUs: one device kind, whatever array libraries see them. The GPUs are listed
+through the first installed library that can (CuPy, else Numba), the device's
+``provider`` and the default library of implementations that name none; a worker
+thread binds every library of the process to its device."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import sys
 
+from ..arrays import array_libraries, get_array_library
 from .base import Platform, thread_timer, wall_timer
 
 _DRIVER_LIBRARIES = {"linux": "libcuda.so.1", "win32": "nvcuda.dll"}
@@ -19,12 +22,30 @@ _STICKY_CODES = ("ILLEGAL_ADDRESS", "IllegalAddress", "LAUNCH_FAILED", "LaunchFa
 
 
 class CUDAPlatform(Platform):
-    """What CUDA platforms share: the driver check, ``CUDA_VISIBLE_DEVICES``, and the
-    out-of-memory errors of the CUDA runtime and driver."""
+    """CUDA GPUs: the driver check, ``CUDA_VISIBLE_DEVICES``, sticky and out-of-memory
+    errors, the worker thread's cost timer; arrays through the array libraries that
+    serve ``runs`` implementations (CuPy, Numba...)."""
 
+    name = "cuda"
     kind = "cuda"
     spellings = ("cuda", "gpu")
     runs = "cuda"
+
+    # --- discovery -----------------------------------------------------------------
+
+    def probers(self):
+        return tuple(lib for lib in array_libraries(self.runs) if lib.lists_devices)
+
+    def installed(self):
+        return any(prober.installed() for prober in self.probers())
+
+    def probe(self, **settings):
+        for prober in self.probers():
+            if prober.installed() and prober.unavailable_reason() is None:
+                found, versions = prober.probe()
+                if found:
+                    return [{**props, "provider": prober.name} for props in found], versions
+        return [], {}
 
     def hidden_by_user(self):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -43,6 +64,36 @@ class CUDAPlatform(Platform):
             return f"installed but no CUDA driver: {library} could not be loaded ({exc})"
         return None
 
+    # --- array libraries -----------------------------------------------------------
+
+    def library_for(self, device=None, name=None):
+        """The library ``name``; else the one the device was found through; else the
+        first installed one that lists devices (CuPy before Numba)."""
+        if name is not None:
+            return get_array_library(name)
+        provider = getattr(device, "provider", None)
+        if provider is not None and provider != self.name:
+            return get_array_library(provider)
+        return next((lib for lib in self.probers() if lib.installed()), self.probers()[0])
+
+    def _bound_libraries(self, device):
+        """The libraries a worker thread binds: those already imported (a kernel may use
+        them), then the device's own, which makes the thread's stream."""
+        own = self.library_for(device)
+        return [lib for lib in array_libraries(self.runs)
+                if lib is not own and lib.loaded() and lib.lists_devices] + [own]
+
+    def bind(self, device):
+        sync = stream = None
+        for library in self._bound_libraries(device):
+            sync, stream = library.bind(device, stream)
+        return sync
+
+    def bound(self, device):
+        return self.library_for(device).bound(device)
+
+    # --- errors and memory -----------------------------------------------------------
+
     def is_device_lost(self, error):
         text = f"{type(error).__name__}: {error}"
         return ("CUDA" in text or "cuda" in text) and any(c in text for c in _STICKY_CODES)
@@ -50,11 +101,16 @@ class CUDAPlatform(Platform):
     def is_out_of_memory(self, error):
         # CuPy's OutOfMemoryError is a MemoryError; Numba's CudaAPIError and CuPy's
         # runtime errors carry the CUDA error's name
-        return (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+        return (isinstance(error, MemoryError)
+                or any(lib.is_out_of_memory(error) for lib in array_libraries(self.runs))
                 or any(code in str(error) for code in _OOM_CODES))
 
-    def runs_numba_cuda(self):
-        return True
+    def free_cached_memory(self):
+        for library in array_libraries(self.runs):
+            if library.loaded():
+                library.free_cached_memory()
+
+    # --- timing and Numba CUDA kernels ---------------------------------------------------
 
     def start_cost_timer(self, device):
         """The thread's CPU time. A worker thread waiting for the GIL uses none, and
@@ -66,167 +122,16 @@ class CUDAPlatform(Platform):
         time there advances by clock ticks of about 15.6 ms."""
         return wall_timer() if sys.platform == "win32" else thread_timer()
 
-
-class CuPyPlatform(CUDAPlatform):
-    """CUDA GPUs seen through CuPy: each worker thread uses its device and a non-blocking
-    stream of its own; arguments become CuPy arrays, results come back as NumPy."""
-
-    name = package = "cupy"
-    warn_when_unusable = True
-
-    def probe(self, **settings):
-        import cupy
-
-        runtime = cupy.cuda.runtime
-        found = []
-        for index in range(runtime.getDeviceCount()):
-            props = runtime.getDeviceProperties(index)
-            # memGetInfo needs a context; creating it here is safe because loky starts
-            # its workers with fork+exec, never a plain fork of this process.
-            with cupy.cuda.Device(index):
-                free, total = runtime.memGetInfo()
-            found.append({"index": index, "name": _text(props["name"]),
-                          "memory_total": total, "memory_free": free,
-                          "multiprocessor_count": props["multiProcessorCount"],
-                          "compute_capability": (props["major"], props["minor"])})
-        versions = {"provider": f"cupy {cupy.__version__}"}
-        if not getattr(runtime, "is_hip", False):  # ROCm encodes its versions otherwise
-            local = getattr(cupy.cuda, "get_local_runtime_version", runtime.runtimeGetVersion)
-            versions.update(driver=_cuda_version(runtime.driverGetVersion()),
-                            runtime=_cuda_version(local()))
-        return found, versions
-
-    def bind(self, device):
-        if "numba.cuda" in sys.modules:
-            # the program uses Numba CUDA too: give this thread its context on the device
-            from numba import cuda
-
-            cuda.select_device(device.index)
-        import cupy
-
-        cupy.cuda.Device(device.index).use()
-        stream = cupy.cuda.Stream(non_blocking=True)
-        stream.use()
-        return stream.synchronize
-
-    @contextlib.contextmanager
-    def bound(self, device):
-        import cupy
-
-        with cupy.cuda.Device(device.index):
-            stream = cupy.cuda.Stream(non_blocking=True)
-            with stream:
-                yield stream.synchronize
-
-    def synchronize(self):
-        import cupy
-
-        cupy.cuda.get_current_stream().synchronize()
-
-    def array_module(self):
-        import cupy
-
-        return cupy
-
-    def to_device(self, args, kwargs):
-        import cupy
-        import numpy as np
-
-        def move(value):
-            return cupy.asarray(value) if isinstance(value, np.ndarray) else value
-
-        return tuple(map(move, args)), {k: move(v) for k, v in kwargs.items()}
-
-    def to_host(self, result, device, keep_on_device=False):
-        cupy = sys.modules.get("cupy")
-        if not keep_on_device and cupy is not None and isinstance(result, cupy.ndarray):
-            return result.get()
-        return result
-
-    def array_types(self):
-        cupy = sys.modules.get("cupy")  # no CuPy array can exist before CuPy is imported
-        return () if cupy is None else (cupy.ndarray,)
-
-    def home_of(self, value):
-        return f"{self.kind}:{value.device.id}"
-
-    def free_cached_memory(self):
-        cupy = sys.modules.get("cupy")
-        if cupy is not None:
-            cupy.get_default_memory_pool().free_all_blocks()
+    def runs_numba_cuda(self):
+        return True
 
     def launch_numba(self, kernel, blocks, threads, *args):
+        cupy = sys.modules.get("cupy")
+        if cupy is None or self.library_for().name != "cupy":
+            kernel[blocks, threads](*args)
+            return
         # on the worker's CuPy stream, ordered after the copies that brought the inputs
-        import cupy
         from numba import cuda
 
         stream = cuda.external_stream(cupy.cuda.get_current_stream().ptr)
         kernel[blocks, threads, stream](*args)
-
-
-class NumbaPlatform(CUDAPlatform):
-    """CUDA GPUs seen through Numba alone (no CuPy): GPU implementations receive host
-    arrays (Numba kernels copy them), device arrays come back to the host."""
-
-    name = package = "numba"
-
-    def unavailable_reason(self):
-        config = getattr(sys.modules.get("numba"), "config", None)
-        if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or getattr(config, "ENABLE_CUDASIM", 0):
-            return ("is not probed: NUMBA_ENABLE_CUDASIM=1 makes numba.cuda a simulator, not "
-                    "a GPU (use DEVICEJOBLIB_SIMULATE_GPUS for simulated GPUs)")
-        return super().unavailable_reason()
-
-    def probe(self, **settings):
-        from numba import cuda
-
-        found = []
-        for gpu in cuda.gpus:
-            with gpu:
-                free, total = cuda.current_context().get_memory_info()
-            found.append({"index": gpu.id, "name": _text(gpu.name), "memory_total": total,
-                          "memory_free": free, "multiprocessor_count": gpu.MULTIPROCESSOR_COUNT,
-                          "compute_capability": tuple(gpu.compute_capability)})
-        driver = cuda.cudadrv.driver.driver.get_version()
-        return found, {"provider": "numba", "driver": ".".join(map(str, driver))}
-
-    def bind(self, device):
-        from numba import cuda
-
-        cuda.select_device(device.index)
-        return cuda.synchronize
-
-    @contextlib.contextmanager
-    def bound(self, device):
-        from numba import cuda
-
-        with cuda.gpus[device.index]:
-            yield cuda.synchronize
-
-    def synchronize(self):
-        from numba import cuda
-
-        cuda.synchronize()
-
-    def to_host(self, result, device, keep_on_device=False):
-        if not keep_on_device and type(result).__name__ == "DeviceNDArray":
-            return result.copy_to_host()
-        return result
-
-    def empty_like(self, array):
-        from numba import cuda
-
-        return cuda.device_array_like(array)
-
-    def free_cached_memory(self):
-        from numba import cuda
-
-        cuda.current_context().deallocations.clear()
-
-
-def _text(value):
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _cuda_version(code):
-    return f"{code // 1000}.{code % 1000 // 10}"

@@ -9,6 +9,7 @@ import time
 import weakref
 
 from .._utils import format_bytes
+from ..arrays import ArrayLibrary, get_array_library
 from .base import thread_timer
 from .host import HostComputePlatform
 
@@ -136,6 +137,23 @@ class SimulatedGPUPlatform(HostComputePlatform):
         _memory.keep(device.id, base)
         return arrays.SimulatedDeviceArray.kept(result, device.id)
 
+    def library_for(self, device=None, name=None):
+        if name is not None:
+            get_array_library(name)  # an unknown name fails here as on a real GPU
+        return SIMULATED_ARRAYS
+
+
+class SimulatedArrays(ArrayLibrary):
+    """What every library's implementation gets on a simulated GPU: NumPy arrays, and
+    results kept on the device as :class:`~devicejoblib.SimulatedDeviceArray` (which
+    send later calls to that device, as a CuPy array would)."""
+
+    name = "simulated"
+    serves = ("cuda",)
+
+    def module(self):
+        return _arrays().np
+
     def array_types(self):
         arrays = _arrays()
         return (arrays.SimulatedDeviceArray,) if arrays.kept_any else ()
@@ -143,6 +161,11 @@ class SimulatedGPUPlatform(HostComputePlatform):
     def home_of(self, value):
         return value.device_id
 
+    def to_host(self, value, keep_on_device=False):
+        return value  # (the simulated platform's to_host accounts for its memory)
+
+
+SIMULATED_ARRAYS = SimulatedArrays()
 
 
 @functools.cache

@@ -23,9 +23,9 @@ from typing import NamedTuple
 from .._devices import devices
 from .._errors import BrokenDeviceError, DeviceUnavailableError
 from .._kernels import Kernel
-from .._platforms import device_array_types, home_of
 from .._specs import ANYWHERE, Placement
 from .._utils import warn_once
+from ..arrays import device_array_types, home_of
 from .placement import AutoPlacer, auto_kernel, device_model, footprint, kernel_key
 
 _PLACER_MADE = threading.Lock()  # a Router's AutoPlacer is made once

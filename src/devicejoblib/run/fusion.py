@@ -218,7 +218,7 @@ def _fusion_key(form, args, kwargs):
 def _run_fused(kernel, form, arguments, device, keep_on_device, ran):
     """Rows of one fused launch; None when the batched form failed (run them unfused)."""
     platform = device.platform
-    xp = platform.array_module()
+    library = platform.library_for(device)
     first = arguments[0]
     stacked = {}
     for name, value in first.items():
@@ -226,9 +226,9 @@ def _run_fused(kernel, form, arguments, device, keep_on_device, ran):
         if name in form.same:
             stacked[name] = value
         elif hasattr(value, "shape"):
-            stacked[name] = _stack(values, xp)
+            stacked[name] = library.stack(values)
         else:
-            stacked[name] = xp.asarray(values)
+            stacked[name] = library.module().asarray(values)
     bound = inspect.BoundArguments(form.signature, stacked)
     args = (kernel.state(device), *bound.args) if form.stateful else bound.args
     try:
@@ -237,7 +237,7 @@ def _run_fused(kernel, form, arguments, device, keep_on_device, ran):
         out = form.function(*args, **bound.kwargs)
         rows = _split(to_host(out, device, keep_on_device), len(arguments))
         if keep_on_device:
-            platform.synchronize()  # time the launch, not its queueing
+            library.synchronize()  # time the launch, not its queueing
         moved = sum(getattr(v, "nbytes", 0) for v in (*stacked.values(), *_parts(out)))
         ran.record_launch(len(arguments), elapsed(), moved)
         return rows
@@ -252,12 +252,6 @@ def _run_fused(kernel, form, arguments, device, keep_on_device, ran):
         error = exc
     _forget(error, device)
     return _OUT_OF_MEMORY
-
-
-def _stack(values, xp):
-    if all(isinstance(v, np.ndarray) for v in values):
-        return xp.asarray(np.stack(values))  # one host-to-device copy for the group
-    return xp.stack([xp.asarray(v) for v in values])
 
 
 def _parts(out):
