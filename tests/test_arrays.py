@@ -98,7 +98,7 @@ def test_an_implementation_names_a_registered_library():
         Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"))(delayed(k)(1) for _ in "ab")
 
 
-def test_an_implementation_gets_its_librarys_arrays_and_results_come_back(tagged, no_gpu):
+def test_an_implementation_gets_its_librarys_arrays_and_results_come_back(no_gpu, tagged):
     out = Parallel(n_jobs=2, backend=DeviceBackend(placement="xpu"))(
         delayed(kind_of)(np.full(3, i)) for i in range(8))
     assert [(lib, name) for lib, name, _ in out] == [("tagged", "Tagged")] * 8
@@ -106,7 +106,7 @@ def test_an_implementation_gets_its_librarys_arrays_and_results_come_back(tagged
                for i, (_, _, r) in enumerate(out))
 
 
-def test_a_librarys_array_sends_its_call_to_the_device_it_lives_on(tagged, no_gpu):
+def test_a_librarys_array_sends_its_call_to_the_device_it_lives_on(no_gpu, tagged):
     on_second = np.ones(2).view(Tagged)
     on_second.home = "xpu:1"
     out = Parallel(n_jobs=2, backend=DeviceBackend())(

@@ -149,7 +149,10 @@ class Platform(abc.ABC):
     def to_device(self, args, kwargs, device=None, library=None):
         """A call's arguments as an implementation written for ``library`` receives
         them on ``device`` (host arrays moved by that library)."""
-        move = self.library_for(device, library).to_device
+        library = self.library_for(device, library)
+        if not library.moves_arrays:
+            return args, kwargs
+        move = library.to_device
         return tuple(map(move, args)), {k: move(v) for k, v in kwargs.items()}
 
     def to_host(self, result, device, keep_on_device=False):

@@ -44,6 +44,13 @@ class ArrayLibrary:
     serves: tuple[str, ...] = ("cpu",)
     lists_devices = False
     warn_when_unusable = False
+    #: Whether :meth:`to_device` moves anything (set per subclass: a call's arguments
+    #: are not walked for a library that leaves them as they are).
+    moves_arrays = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.moves_arrays = cls.to_device is not ArrayLibrary.to_device
 
     # --- availability, and listing a kind's devices (libraries that can) ---------------
 

@@ -139,7 +139,7 @@ class GPUPool(Executor):
 
     def submit(self, target, batch, on_done=None, whole=None):
         worker = self.workers[target.route]
-        return worker.submit(GPUTask(batch, worker.device), self._handing_over(on_done))
+        return worker.submit(GPUTask(batch, worker.device), self._handing_over(on_done, worker))
 
     def hand_over(self, on_done, future):
         """Run ``on_done(future)`` on the callback thread (never in a thread that
@@ -150,8 +150,21 @@ class GPUPool(Executor):
         else:
             on_done(future)
 
-    def _handing_over(self, on_done):
-        return None if on_done is None else functools.partial(self.hand_over, on_done)
+    def _handing_over(self, on_done, worker):
+        """``on_done`` for a part of ``worker``: run by the worker itself when nothing
+        else is queued to it (it would wait idle for the callback thread, and the next
+        batch joblib dispatches from the callback often comes back to it: a thread hop
+        saved each way, bench_dispatch.py), else on the callback thread."""
+        if on_done is None:
+            return None
+
+        def hand_over(future):
+            if self._accepting and not worker.idle():
+                self._callbacks.call(on_done, future)
+            else:
+                on_done(future)
+
+        return hand_over
 
     def load(self, device_id):
         """Calls pending on a GPU, as routing weighs them."""
