@@ -48,13 +48,15 @@ class GPUObserver:
         self.router = router
         self.trace = trace
 
-    def group_done(self, device, calls, n_calls, seconds, cost):
-        """A group of ``n_calls`` took ``seconds`` on ``device``: a slice in the trace;
-        and ``cost`` seconds of the device's (None if its cost timer failed), a sample
-        for the cost model (held back if it is the thread's first of its kind)."""
+    def group_done(self, device, tasks, n_calls, seconds, cost):
+        """A group of ``n_calls`` (the calls of ``tasks``) took ``seconds`` on
+        ``device``: a slice in the trace; and ``cost`` seconds of the device's (None if
+        its cost timer failed), a sample for the cost model (held back if it is the
+        thread's first of its kind)."""
         router, trace = self.router, self.trace
         if trace is None and router.placer is None:
             return
+        calls = tasks[0].items if len(tasks) == 1 else [c for t in tasks for c in t.items]
         try:
             if trace is not None:
                 name, args = describe_part(calls)

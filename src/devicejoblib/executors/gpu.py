@@ -100,10 +100,10 @@ class GPUWorker(_QueueThread):
         the results of its calls that completed) and completes its future; without it
         such tasks fail with their error.
     observe : callable, optional
-        ``observe(calls, n_calls, seconds, cost)``: told how long each group that
-        completed took (``calls`` a list of its calls; ``cost`` its seconds as the
-        platform's ``start_cost_timer`` counts them, None if that timer failed), for
-        the trace and the cost model.
+        ``observe(tasks, n_calls, seconds, cost)``: told how long each group that
+        completed took (``tasks`` its tasks, whose ``items`` are its calls; ``cost``
+        its seconds as the platform's ``start_cost_timer`` counts them, None if that
+        timer failed), for the trace and the cost model.
     on_exit : callable, optional
         Called by each worker thread as it ends (the cost model takes the samples it
         held back).
@@ -241,15 +241,21 @@ class GPUWorker(_QueueThread):
         if self.lost is not None and self._rescue is not None:
             self._hand_over(group, n_calls)
             return
+        thread = threading.current_thread()
         with self._lock:
-            self._busy.add(threading.current_thread())
+            self._busy.add(thread)
         try:
-            results = self._execute_group(group, n_calls, sync, broken)
+            results, seconds, cost = self._execute_group(group, n_calls, sync, broken)
         except BaseException as exc:  # whatever failed, every future is completed
-            results = [Failure(exc)] * len(group)
+            results, seconds, cost = [Failure(exc)] * len(group), None, None
         with self._lock:
             self.pending_calls -= n_calls
-            self._busy.discard(threading.current_thread())
+            self._busy.discard(thread)
+            if seconds is not None:
+                self.calls += n_calls
+                self.batches += 1
+                self.busy_seconds += seconds
+                self.working_seconds += seconds if cost is None else cost
         for (task, future, on_done), result in zip(group, results):
             if type(result) is Lost and self._rescue is not None:
                 self.lost = self.lost or self._broken(result.error, "its device was lost")
@@ -270,8 +276,8 @@ class GPUWorker(_QueueThread):
             self._rescue(self.lost, task, future, on_done)
 
     def _execute_group(self, group, n_calls, sync, broken):
-        """Results of the group's tasks (a list, or a Failure, each), with the launches
-        timed for the sizer and the worker's counts."""
+        """``(results of the group's tasks (a list, or a Failure, each), seconds, cost)``,
+        the launches timed for the sizer."""
         start = time.perf_counter()
         elapsed = self.device.platform.start_timer(self.device)
         cost = guarded_timer(self.device.platform.start_cost_timer, self.device)
@@ -279,8 +285,8 @@ class GPUWorker(_QueueThread):
             if broken is not None:
                 raise self._broken(broken, "binding it to the device failed")
             epoch = self._epoch
-            ran = self._execute([task for task, _, _ in group],
-                                lambda: self._epoch != epoch)
+            tasks = [task for task, _, _ in group]
+            ran = self._execute(tasks, lambda: self._epoch != epoch)
             sync()
             results, launches = ran.results, ran.launches
             self.sizer.note_bytes(ran.bytes_per_call)
@@ -290,17 +296,11 @@ class GPUWorker(_QueueThread):
         cost = cost()  # (None: the platform's cost timer failed)
         cost = None if cost is None else min(cost, seconds)  # (timers read apart)
         if self._observe is not None and not any(isinstance(r, Failure) for r in results):
-            self._observe([call for task, _, _ in group for call in task.items], n_calls,
-                          seconds, cost)
+            self._observe(tasks, n_calls, seconds, cost)
         # fused launches say how the launch size pays; without any, the whole batch does
         for calls, launch_seconds in launches or [(n_calls, elapsed())]:
             self.sizer.record(calls, launch_seconds)
-        with self._lock:
-            self.calls += n_calls
-            self.batches += 1
-            self.busy_seconds += seconds
-            self.working_seconds += seconds if cost is None else cost
-        return results
+        return results, seconds, cost
 
     def _broken(self, cause, why):
         """A fresh error for each group (one instance re-raised would pile tracebacks).
