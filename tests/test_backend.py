@@ -609,6 +609,9 @@ def test_a_gpu_lost_mid_run_hands_its_unfinished_calls_over_each_run_once(gpus):
     @devicejoblib.kernel(portable=True)
     def record(i):
         executed.append(i)
+        # long enough that both GPUs get batches (a worker free again takes the next
+        # batch itself: with calls of no length, cuda:0 may take them all)
+        time.sleep(0.002)
         return i, devicejoblib.current_device().id
 
     with devicejoblib.simulate_gpus(2, lose_after={1: 3}):
