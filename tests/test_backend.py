@@ -724,3 +724,18 @@ def test_one_backend_serves_one_parallel_call_at_a_time(gpus):
         out = Parallel(n_jobs=n_jobs, backend=backend)(delayed(locate)(i) for i in range(4))
         assert [tag for tag, *_ in out] == list(range(4))
     backend.shutdown()
+
+
+def test_the_input_generator_never_runs_bound_to_a_gpu(gpus):
+    # a GPU worker free again runs joblib's callback itself, which may take the next
+    # calls from the caller's generator: that code must see the CPU, as in the caller
+    seen = []
+
+    def produce():
+        for i in range(200):
+            seen.append(devicejoblib.current_device().id)
+            yield delayed(locate)(i)
+
+    out = Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"))(produce())
+    assert [tag for tag, *_ in out] == list(range(200))
+    assert set(seen) == {"cpu"}

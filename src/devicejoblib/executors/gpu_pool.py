@@ -21,6 +21,7 @@ import contextlib
 import functools
 import weakref
 
+from .._context import bind_thread
 from .._errors import DeviceUnavailableError
 from .._kernels import ResidentHold
 from ..run.tasks import GPUTask
@@ -161,8 +162,12 @@ class GPUPool(Executor):
         def hand_over(future):
             if self._accepting and not worker.idle():
                 self._callbacks.call(on_done, future)
-            else:
+                return
+            previous = bind_thread(None)  # (joblib's callback may run the user's generator)
+            try:
                 on_done(future)
+            finally:
+                bind_thread(previous)
 
         return hand_over
 
