@@ -57,8 +57,11 @@ def test_calls_run_where_they_would_locally_with_results_in_order(return_as):
         gpu_pids, cpu_pids = worker_pids(client, True), worker_pids(client, False)
         with parallel_config(backend="device", client=client):
             out = list(Parallel(return_as=return_as)(calls))
+        # a GPU worker's plugin owns a GPU pool: no joblib backend is built there
+        built = client.run(lambda: "devicejoblib._backend" in __import__("sys").modules)
     if return_as == "generator_unordered":
         out.sort()
+    assert not any(built.values()), built
     assert [r[0] for r in out] == list(range(60))
     for i, result in enumerate(out):
         if i % 3:  # a kernel with a GPU implementation: on a GPU worker's GPU
