@@ -1,5 +1,15 @@
 """One long-lived thread per GPU (real or simulated), bound to its device, running the
-calls queued to it in order."""
+calls queued to it in order; and the thread that runs completion callbacks.
+
+A worker's life::
+
+    dispatching threads: submit(task) -> a Future, the task on the worker's queue
+    worker thread:       bind to the device; then, until told to stop:
+                         take a group (fusable tasks together, up to the launch size)
+                         -> execute -> sync -> time it (sizer, cost model)
+                         -> complete each task's Future -> its on_done
+    the caller's thread: cancel_pending / abandon_running (an abort), stop
+"""
 
 from __future__ import annotations
 
@@ -129,6 +139,8 @@ class GPUWorker(_QueueThread):
         self._abandoned = []  # (thread, deadline or None) of calls left running by aborts
         self._queued = {}  # future -> calls, of tasks not started: what cancel_pending() cancels
 
+    # --- the threads that dispatch --------------------------------------------------------
+
     def submit(self, task, on_done=None):
         """Queue ``task``; start the thread on first use.
 
@@ -142,6 +154,8 @@ class GPUWorker(_QueueThread):
             self._queued[future] = (task.n_calls, on_done)
         self._put((task, future, on_done))
         return future
+
+    # --- the caller's thread: aborts and stuck calls ----------------------------------------
 
     def abandon_running(self, patience=None):
         """After an abort: leave a call still running to finish on its own (its thread
@@ -203,6 +217,8 @@ class GPUWorker(_QueueThread):
                     self.pending_calls -= n_calls
                 if on_done is not None:
                     on_done(future)
+
+    # --- the worker thread ------------------------------------------------------------------
 
     def _run(self, items):
         bind_thread(self.device)
