@@ -66,6 +66,14 @@ def gpus(request):
         yield found
 
 
+@pytest.fixture
+def two_gpus():
+    """This machine's devices with two simulated GPUs: cpu, cuda:0, cuda:1 (simulated
+    while the test runs)."""
+    with simulate_gpus(2):
+        yield devicejoblib.devices()
+
+
 @pytest.fixture(params=device_kinds())
 def kind_devices(request):
     """The devices of each kind in turn: the CPU, simulated GPUs, real ones."""

@@ -304,22 +304,58 @@ def _(tag):
 
 
 # --- learned placement: costs that differ per device by construction -------------------
+#
+# A GPU implementation below charges its cost (charge()): simulated GPUs whose cost timer
+# is scripted_cost_timer (script_gpu_costs()) give the placement model exactly that, under
+# any load. A CPU implementation's cost is its worker's wall time (the CPU pool times its
+# parts by the clock): a sleep, which load can only lengthen, never shorten.
 
-def _modelled(n, fixed, per_unit):
-    time.sleep(fixed + n * per_unit)
-    return n, current_device().id
+_charged = threading.local()
+
+
+def charge(seconds):
+    """Charge the calling thread's scripted cost timer ``seconds``, and spend them asleep
+    (a GPU worker takes a group's cost as at most its wall time; a sleep is never short)."""
+    time.sleep(seconds)
+    _charged.seconds = charged() + seconds
+
+
+def charged():
+    """The seconds the calling thread charged so far."""
+    return getattr(_charged, "seconds", 0.0)
+
+
+def scripted_cost_timer(device):
+    """A cost timer (``Platform.start_cost_timer``) giving the seconds the calling thread
+    charged since it started, whatever the clocks say."""
+    start = charged()
+    return lambda: charged() - start
+
+
+def script_gpu_costs(setattr=setattr):
+    """Make simulated GPUs time their calls by scripted_cost_timer (in a test, pass
+    ``monkeypatch.setattr`` to undo it after)."""
+    import devicejoblib
+
+    setattr(devicejoblib.get_platform("simulator"), "start_cost_timer", scripted_cost_timer)
 
 
 @kernel
 def modelled(n):
-    """A call of size ``n``: on the CPU, 10 us per unit (small calls are cheap); on a
-    GPU, 2 ms of launch cost and 0.1 us per unit (large calls are cheap)."""
-    return _modelled(n, 0.0, 1e-5)
+    """A call of size ``n``: on the CPU, 10 us per unit asleep, none under 1 ms (a small
+    call is the worker's own 20-60 us); on a GPU, 3 ms charged, whatever the size.
+
+    (A sleep that short is no cost to script with: the CPU pool timed 0.1 ms asleep at
+    0.2 ms, and at 3.5 ms under load, the GIL taken back from busy threads after it.)"""
+    if n * 1e-5 >= 1e-3:
+        time.sleep(n * 1e-5)
+    return n, current_device().id
 
 
 @modelled.cuda
 def _(n):
-    return _modelled(n, 2e-3, 1e-7)
+    charge(3e-3)
+    return n, current_device().id
 
 
 _set_up = threading.local()
@@ -327,8 +363,8 @@ _set_up = threading.local()
 
 @kernel
 def set_up_per_thread(i):
-    """2 ms a call on the CPU; 0.1 ms on a GPU, once a worker thread's first call has
-    paid 0.3 s of setup there (as a fresh thread's first CuPy launch does)."""
+    """2 ms asleep a call on the CPU; 0.1 ms charged on a GPU, once a worker thread's first
+    call has charged 0.3 s of setup there (as a fresh thread's first CuPy launch pays)."""
     time.sleep(2e-3)
     return i, current_device().id
 
@@ -337,6 +373,6 @@ def set_up_per_thread(i):
 def _(i):
     if not getattr(_set_up, "done", False):
         _set_up.done = True
-        time.sleep(0.3)
-    time.sleep(1e-4)
+        charge(0.3)
+    charge(1e-4)
     return i, current_device().id

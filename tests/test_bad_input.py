@@ -56,9 +56,8 @@ def test_simulated_memory_setting_is_checked(monkeypatch, memory):
         devicejoblib.devices()
 
 
-def test_numpy_integers_are_gpu_indices():
-    with simulate_gpus(2):
-        assert parse_devices(np.int64(1)) == parse_devices(1)
+def test_numpy_integers_are_gpu_indices(two_gpus):
+    assert parse_devices(np.int64(1)) == parse_devices(1)
 
 
 def test_a_gpu_only_kernel_without_a_gpu_fails_at_dispatch_in_the_caller(no_gpu):

@@ -16,12 +16,6 @@ from devicejoblib import (
 )
 
 
-@pytest.fixture
-def two_gpus(monkeypatch):
-    monkeypatch.setenv("DEVICEJOBLIB_SIMULATE_GPUS", "2")
-    return devices()
-
-
 def test_cpu_device_comes_first_with_joblibs_core_count():
     cpu = devices()[0]
     assert cpu.id == "cpu" and cpu.kind == "cpu" and cpu.index is None
@@ -29,8 +23,9 @@ def test_cpu_device_comes_first_with_joblibs_core_count():
     assert not cpu.simulated and not cpu.is_gpu
 
 
-def test_simulated_gpus_from_the_environment(two_gpus):
-    gpus = [d for d in two_gpus if d.is_gpu]
+def test_simulated_gpus_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DEVICEJOBLIB_SIMULATE_GPUS", "2")
+    gpus = [d for d in devices() if d.is_gpu]
     assert [d.id for d in gpus] == ["cuda:0", "cuda:1"]
     assert all(d.simulated and d.provider == "simulator" for d in gpus)
     assert all(d.memory_total == d.memory_free == 16 * 2**30 for d in gpus)

@@ -93,6 +93,7 @@ def test_wheel_ships_the_kernels_folder_not_the_checkout_stand_in(tmp_path):
     kernels = {f"devicejoblib/kernels/{name}" for name in _source_files(KERNELS)}
     library = {f"devicejoblib/{name}" for name in _source_files(PACKAGE)
                if not name.startswith("kernels/")}
+    assert "devicejoblib/kernels/__init__.py" in kernels and "devicejoblib/__init__.py" in library
     assert not kernels - shipped, f"missing from the wheel: {sorted(kernels - shipped)}"
     assert not library - shipped, (
         f"missing from the wheel: {sorted(library - shipped)}: list new subpackages in "

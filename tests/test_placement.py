@@ -1,6 +1,15 @@
 """Learned placement (placement="auto") on simulated GPUs, with a kernel whose cost per
-device is built in: 10 us per unit on the CPU; 2 ms plus 0.1 us per unit on a GPU. Small
-calls must end on the CPU, large ones on the GPUs."""
+device is built in: 10 us per unit on the CPU; 3 ms a call on a GPU. Small calls must end
+on the CPU, large ones on the GPUs.
+
+The GPUs' costs are scripted, not timed (device_kernels.charge): what the model learns of
+a GPU is exact under any load. The CPU's are its worker's wall time, which no platform
+hook scripts: a large call sleeps 100 ms there, which load only lengthens (the CPU cannot
+look faster than it is: 40 large calls queued on two GPUs, 63 ms, still finish first);
+a small one returns at once, some 20-60 us of the worker's own time, 50x or more under
+a GPU's 3 ms. (It used to sleep 0.1 ms, which the CPU pool timed at 0.2 ms, and under
+load at 3.5 ms a call, the GIL taken back after the sleep while GPU threads ran Python:
+slower than a GPU's 2 ms, so small calls went to the GPUs.)"""
 
 import collections
 import json
@@ -15,13 +24,20 @@ import pytest
 
 import devicejoblib
 from conftest import saved_samples
-from device_kernels import locate, modelled, set_up_per_thread
+from device_kernels import locate, modelled, script_gpu_costs, set_up_per_thread
 from devicejoblib import DeviceBackend, Parallel, delayed, parallel_config, simulate_gpus
 from devicejoblib._cli import main as cli
 
 pytestmark = pytest.mark.skipif(not devicejoblib.USE_JOBLIB, reason="needs joblib")
 
-SMALL, LARGE = 10, 10_000  # CPU 0.1 ms / GPU 2 ms; CPU 100 ms / GPU 3 ms
+SMALL, LARGE = 10, 10_000  # CPU ~0 (no sleep) / GPU 3 ms; CPU 100 ms / GPU 3 ms
+
+
+@pytest.fixture(autouse=True)
+def scripted_gpu_costs(monkeypatch):
+    """Simulated GPUs charge the model what their calls charge, not a clock's reading (a
+    sleep's wall time, which load stretches)."""
+    script_gpu_costs(monkeypatch.setattr)
 
 
 def run_round(backend, sizes=(SMALL, LARGE), repeat=40):
@@ -46,12 +62,6 @@ def calibrating(backend):
     return sum(row.get("calibrating_calls", 0) for row in backend.report().values())
 
 
-@pytest.fixture
-def two_gpus():
-    with simulate_gpus(2):
-        yield
-
-
 def test_auto_sends_small_calls_to_the_cpu_and_large_ones_to_gpus(two_gpus):
     backend = DeviceBackend(placement="auto", cpu_backend="threading")
     first = run_round(backend)
@@ -66,10 +76,10 @@ def test_unseen_sizes_are_predicted_from_neighbours_not_explored(two_gpus):
     backend = DeviceBackend(placement="auto", cpu_backend="threading")
     calibrate(backend)
     explored = calibrating(backend)
-    # sizes never seen: the regression on size predicts them on each device (CPU 0.3 /
-    # GPU 2.2 ms; CPU 28 / GPU 2.9 ms). Five calls of each: however joblib batches them,
+    # sizes never seen: the regression on size predicts them on each device (CPU ~0.1 /
+    # GPU 3 ms; CPU ~20 / GPU 3 ms). Five calls of each: however joblib batches them,
     # no queue can make the other device expected to finish first (with 20, a GPU
-    # holding 10 large calls made the CPU the earlier one for an eleventh)
+    # holding 7 calls of 3000 made the CPU the earlier one for an eighth)
     assert run_round(backend, sizes=(20, 3000), repeat=5) == {(20, "cpu"): 5,
                                                               (3000, "cuda"): 5}
     assert calibrating(backend) == explored
@@ -188,7 +198,8 @@ def test_what_a_calls_ending_threads_release_is_saved_with_it(two_gpus):
 PROCESS = """
 import collections, json
 from devicejoblib import DeviceBackend, Parallel, delayed, parallel_config, simulate_gpus
-from device_kernels import modelled
+from device_kernels import modelled, script_gpu_costs
+script_gpu_costs()  # as the tests in-process: GPU costs charged, not timed
 with simulate_gpus(2):
     backend = DeviceBackend(placement="auto", cpu_backend="threading")
     count = lambda: sum(r.get("calibrating_calls", 0) for r in backend.report().values())

@@ -5,15 +5,9 @@ import numpy as np
 import pytest
 
 from device_kernels import cpu_only, gpu_only, plain_where, scale
-from devicejoblib import DeviceUnavailableError, devices, simulate_gpus
+from devicejoblib import DeviceUnavailableError
 from devicejoblib.policy.routing import Router
 from devicejoblib.run.fusion import to_host
-
-
-@pytest.fixture
-def gpus2():
-    with simulate_gpus(2):
-        yield devices()
 
 
 def on_device(device, array):
@@ -26,46 +20,46 @@ def route(router, function, *args, load=None, **kwargs):
     return router.route(function, args, kwargs).id
 
 
-def test_capability(gpus2):
-    router = Router(gpus2)
+def test_capability(two_gpus):
+    router = Router(two_gpus)
     assert route(router, scale, 1) == "cuda:0"
     assert route(router, plain_where, 1) == "cpu"
     assert route(router, cpu_only, 1) == "cpu"
     assert route(router, gpu_only, 1) == "cuda:0"
 
 
-def test_capability_spreads_over_the_least_loaded_gpu(gpus2):
-    router = Router(gpus2)
+def test_capability_spreads_over_the_least_loaded_gpu(two_gpus):
+    router = Router(two_gpus)
     assert route(router, scale, 1, load={"cuda:0": 3, "cuda:1": 1}.get) == "cuda:1"
 
 
-def test_affinity_beats_capability_and_load(gpus2):
-    router = Router(gpus2)
-    x = on_device(gpus2[2], np.ones(3))
+def test_affinity_beats_capability_and_load(two_gpus):
+    router = Router(two_gpus)
+    x = on_device(two_gpus[2], np.ones(3))
     busy_second = {"cuda:0": 0, "cuda:1": 99}.get
     assert route(router, scale, x, load=busy_second) == "cuda:1"
     assert route(router, plain_where, x) == "cuda:1"
     assert route(router, scale, 1, factor=x) == "cuda:1"
 
 
-def test_explicit_placement_beats_affinity(gpus2):
-    router = Router(gpus2)
-    x = on_device(gpus2[2], np.ones(3))
+def test_explicit_placement_beats_affinity(two_gpus):
+    router = Router(two_gpus)
+    x = on_device(two_gpus[2], np.ones(3))
     assert route(router, scale.on("cuda:0"), x) == "cuda:0"
     assert route(router, scale.on("cpu"), x) == "cpu"
 
 
-def test_backend_placement(gpus2):
-    assert route(Router(gpus2, placement="cpu"), scale, 1) == "cpu"
-    assert route(Router(gpus2, placement="gpu"), plain_where, 1) == "cuda:0"
-    assert route(Router(gpus2, placement=["cuda:1"]), scale, 1) == "cuda:1"
+def test_backend_placement(two_gpus):
+    assert route(Router(two_gpus, placement="cpu"), scale, 1) == "cpu"
+    assert route(Router(two_gpus, placement="gpu"), plain_where, 1) == "cuda:0"
+    assert route(Router(two_gpus, placement=["cuda:1"]), scale, 1) == "cuda:1"
     # a call's own pin wins over the backend's placement
-    assert route(Router(gpus2, placement="cpu"), scale.on("cuda:1"), 1) == "cuda:1"
+    assert route(Router(two_gpus, placement="cpu"), scale.on("cuda:1"), 1) == "cuda:1"
 
 
-def test_affinity_only_within_placement(gpus2):
-    x = on_device(gpus2[2], np.ones(3))
-    assert route(Router(gpus2, placement="cuda:0"), scale, x) == "cuda:0"
+def test_affinity_only_within_placement(two_gpus):
+    x = on_device(two_gpus[2], np.ones(3))
+    assert route(Router(two_gpus, placement="cuda:0"), scale, x) == "cuda:0"
 
 
 def test_gpu_kernel_without_gpu_runs_on_cpu_with_one_warning(no_gpu, fresh_warnings):
@@ -81,7 +75,7 @@ def test_gpu_placement_without_gpu_raises(no_gpu):
         Router(no_gpu, placement="gpu").route(scale, (1,), {})
 
 
-def test_a_pin_outside_the_backends_devices_names_both(gpus2):
+def test_a_pin_outside_the_backends_devices_names_both(two_gpus):
     from devicejoblib import InvalidDeviceError, Parallel, delayed, parallel_config
 
     with parallel_config(backend="device", devices="cpu"), \
@@ -90,7 +84,7 @@ def test_a_pin_outside_the_backends_devices_names_both(gpus2):
         Parallel(n_jobs=2)(delayed(scale.on("cuda:0"))(i) for i in range(4))
 
 
-def test_a_placement_outside_the_backends_devices_is_refused(gpus2):
+def test_a_placement_outside_the_backends_devices_is_refused(two_gpus):
     from devicejoblib import DeviceBackend, InvalidDeviceError
 
     with pytest.raises(InvalidDeviceError, match=r"Invalid placement 'cpu'.*cuda:0 "
@@ -98,7 +92,7 @@ def test_a_placement_outside_the_backends_devices_is_refused(gpus2):
         DeviceBackend(devices="cuda", placement="cpu")
 
 
-def test_a_kind_wide_placement_means_the_backends_devices_of_that_kind(gpus2):
-    router = Router([gpus2[0], gpus2[2]], placement="gpu")  # the CPU and cuda:1
+def test_a_kind_wide_placement_means_the_backends_devices_of_that_kind(two_gpus):
+    router = Router([two_gpus[0], two_gpus[2]], placement="gpu")  # the CPU and cuda:1
     assert [d.id for d in router.default_allowed] == ["cuda:1"]
     assert route(router, plain_where, 1) == "cuda:1"

@@ -44,11 +44,10 @@ def test_the_trace_has_a_track_per_worker_and_a_slice_per_launch_or_batch(tmp_pa
                    itertools.pairwise(spans))
 
 
-def test_the_progress_bar_counts_calls_per_device(capsys):
-    with simulate_gpus(2):
-        backend = DeviceBackend(progress=True, cpu_backend="threading")
-        Parallel(n_jobs=2, backend=backend)(delayed(locate)(i) for i in range(40))
-        Parallel(n_jobs=2, backend=backend)(mixed_calls(30))
+def test_the_progress_bar_counts_calls_per_device(two_gpus, capsys):
+    backend = DeviceBackend(progress=True, cpu_backend="threading")
+    Parallel(n_jobs=2, backend=backend)(delayed(locate)(i) for i in range(40))
+    Parallel(n_jobs=2, backend=backend)(mixed_calls(30))
     lines = capsys.readouterr().err.strip().splitlines()
     finals = [line for line in lines if re.match(r"devicejoblib: (\d+)/\1 calls", line)]
     assert len(finals) == 2
