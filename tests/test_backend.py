@@ -200,8 +200,7 @@ def test_nested_parallel_inside_a_gpu_call():
 
 
 def test_threads_reused_within_parallel_config_and_joined_after(gpus):
-    workers = {f"devicejoblib-{gpu.id}" for gpu in gpus}  # (the callback thread starts
-    # only when a worker is busy as its part completes: present in one call or not)
+    workers = {f"devicejoblib-{gpu.id}" for gpu in gpus}
     with parallel_config(backend="device"):
         first = Parallel(n_jobs=2)(delayed(locate)(i) for i in range(4))
         idents = {t.ident for t in threading.enumerate() if t.name in workers}
@@ -619,8 +618,8 @@ def test_a_gpu_lost_mid_run_hands_its_unfinished_calls_over_each_run_once(gpus):
     @devicejoblib.kernel(portable=True)
     def record(i):
         executed.append(i)
-        # long enough that both GPUs get batches (a worker free again takes the next
-        # batch itself: with calls of no length, cuda:0 may take them all)
+        # long enough that both GPUs get batches (with calls of no length, cuda:0 may
+        # be free again each time a batch is dispatched, and take them all)
         time.sleep(0.002)
         return i, devicejoblib.current_device().id
 
@@ -737,8 +736,8 @@ def test_one_backend_serves_one_parallel_call_at_a_time(gpus):
 
 
 def test_the_input_generator_never_runs_bound_to_a_gpu(gpus):
-    # a GPU worker free again runs joblib's callback itself, which may take the next
-    # calls from the caller's generator: that code must see the CPU, as in the caller
+    # joblib's callback, run on the GPU pool's callback thread, may take the next calls
+    # from the caller's generator: that code must see the CPU, as in the caller
     seen = []
 
     def produce():

@@ -195,11 +195,6 @@ class GPUWorker(_QueueThread):
         deadline = next((d for t, d in self._abandoned if t is thread), None)
         thread.join(None if deadline is None else max(deadline - time.monotonic(), 0))
 
-    def idle(self):
-        """Whether nothing is queued to the worker (it is running its last group)."""
-        queue_ = self._queue
-        return queue_ is None or queue_.empty()
-
     def load(self):
         """Calls pending on the device, as routing weighs them: a device whose call
         outlived an abort counts as busier than any other."""
