@@ -31,11 +31,13 @@ def saxpy(a, x, y):
 
 @saxpy.cuda
 def _(a, x, y):
-    platform = current_device().platform
+    device = current_device()
+    platform = device.platform
     if not platform.runs_numba_cuda():
         return a * x + y
     saxpy_kernel = _compiled()
     blocks = (x.size + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-    out = platform.empty_like(x)
-    platform.launch_numba(saxpy_kernel, blocks, THREADS_PER_BLOCK, a, x, y, out)
+    out = platform.empty_like(x, device)
+    platform.launch_numba(saxpy_kernel, blocks, THREADS_PER_BLOCK, a, x, y, out,
+                          device=device)
     return out

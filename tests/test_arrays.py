@@ -143,3 +143,45 @@ def test_a_gpu_seen_through_two_libraries_is_one_device(registry, no_gpu):
     found = [d for d in devicejoblib.devices() if d.kind == "xpu"]
     assert [(d.id, d.provider, d.name) for d in found] == [
         ("xpu:0", "first", "seen by first"), ("xpu:1", "first", "seen by first")]
+
+
+class Binds(BaseLibrary):
+    """A library that lists two GPUs of the fake kind, and records (or fails) binding."""
+
+    serves = ("cuda",)
+    lists_devices = True
+
+    def __init__(self, name, fails=False):
+        self.name, self.fails, self.bound_to = name, fails, []
+
+    def probe(self):
+        return [{"index": i, "name": f"seen by {self.name}"} for i in range(2)], {}
+
+    def bind(self, device, stream=None):
+        if self.fails:
+            raise RuntimeError(f"{self.name} sees no such device")
+        self.bound_to.append(device.id)
+        return (lambda: None), stream
+
+
+def test_a_worker_binds_the_other_loaded_libraries_at_best(registry, no_gpu):
+    # a library that also lists GPUs but cannot bind this one (a CuPy built for another
+    # CUDA, say) must not cost the device whose own library binds it
+    own, broken = Binds("own"), Binds("broken", fails=True)
+
+    class Kind(devicejoblib.get_platform("cuda").__class__):
+        name, kind, spellings = "kind", "xpu", ("xpu",)
+
+        def probers(self):
+            return (own,)
+
+        def unavailable_reason(self):
+            return None
+
+    register_array_library(broken)
+    register_array_library(own)
+    devicejoblib.register(Kind())
+    out = Parallel(n_jobs=2, backend=DeviceBackend(placement="xpu"))(
+        delayed(where)(i) for i in range(8))
+    assert set(out) == {"xpu:0", "xpu:1"}
+    assert sorted(own.bound_to) == ["xpu:0", "xpu:1"]

@@ -748,3 +748,13 @@ def test_the_input_generator_never_runs_bound_to_a_gpu(gpus):
     out = Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"))(produce())
     assert [tag for tag, *_ in out] == list(range(200))
     assert set(seen) == {"cpu"}
+
+
+def test_a_managed_parallel_keeps_its_worker_processes_after_an_error():
+    import operator
+
+    with Parallel(n_jobs=2, backend=DeviceBackend(devices="cpu")) as parallel:
+        with pytest.raises(ZeroDivisionError):
+            parallel(delayed(operator.truediv)(1, i) for i in range(-2, 3))
+        pids = set(parallel(delayed(os.getpid)() for _ in range(8)))
+    assert pids and os.getpid() not in pids  # loky's processes again, not threads

@@ -277,3 +277,23 @@ def test_a_worker_whose_gpu_is_lost_hands_its_parts_to_the_other_gpu_workers():
     pids = {pid for _, _, pid, _ in first}
     assert len({pid for _, _, pid, _ in second}) == 1 < len(pids)  # the lost one: no more
     assert sum(row["calls"] for row in report.values()) == 160
+
+
+def test_a_dask_workers_pool_runs_a_lost_gpus_calls_on_its_other_gpus():
+    # what a worker with two GPUs does (simulated_cluster's workers see one each): the
+    # pool its plugin owns, without the backend's routing
+    from joblib.parallel import BatchedCalls
+
+    from devicejoblib._assemble import worker_gpu_pool
+
+    with devicejoblib.simulate_gpus(2, lose_after={0: 2}):
+        pool = worker_gpu_pool()
+        try:
+            batch = BatchedCalls(iter([(locate, (i,), {}) for i in range(8)]), (None, 1),
+                                 None, None)
+            results, first = pool.run(batch)
+        finally:
+            pool.shutdown()
+    assert first == "cuda:0" and "cuda:0" in pool.lost
+    assert [r[0] for r in results] == list(range(8))
+    assert [r[1] for r in results] == ["cuda:0"] * 2 + ["cuda:1"] * 6

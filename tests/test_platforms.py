@@ -228,3 +228,12 @@ def test_a_worker_timed_by_the_wall_clock_reports_no_wait(no_gpu):
     assert row["seconds"] > 0.1
     assert row["working_seconds"] == pytest.approx(row["seconds"], rel=0.05)
     assert "not working" not in backend.format_report()
+
+
+def test_a_kernel_pinned_to_a_registered_kind_unpickles_where_that_kind_is_unknown(registry):
+    devicejoblib.register(FakeAccelerator())
+    data = pickle.dumps(where.on(["xpu:0", "cpu"]))
+    del _platforms._PLATFORMS["fake"]  # as in a worker process that never ran register()
+    restored = pickle.loads(data)
+    assert restored.placement == ["xpu:0", "cpu"]
+    assert restored(7)[:2] == (7, "cpu")  # a CPU worker runs it

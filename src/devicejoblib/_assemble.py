@@ -1,6 +1,7 @@
-"""How a backend, or a Dask worker, is put together from its settings: the GPU pool with
-its launch sizers and launch code, and the observer that tells the trace and the
-placement model what the pool's workers ran."""
+"""How a backend, or a Dask worker, is put together from its settings: the router and
+the executors (a GPU pool with its launch sizers and launch code, CPU pools, the Dask
+client), and the observer that tells the trace and the placement model what the GPU
+pool's workers ran."""
 
 from __future__ import annotations
 
@@ -8,13 +9,50 @@ import functools
 import time
 
 from ._devices import devices
+from .executors.cpu import CPUPool
+from .executors.dask_client import DaskClientExecutor
 from .executors.gpu_pool import GPUPool
-from .observe.bookkeeping import report_lost
+from .observe.bookkeeping import guarded, report_lost
 from .observe.trace import describe_part
 from .policy.batching import BatchPolicy
-from .policy.model_store import learnt_launch_size, remember_launch_sizes
+from .policy.cluster_routing import ClusterRouter
+from .policy.model_store import get_model, learnt_launch_size, remember_launch_sizes
 from .policy.placement import auto_kernel, hold_first, release_held
+from .policy.routing import CPU_PROCESSES, CPU_THREADS, Router
 from .run.tasks import execute_gpu
+
+
+def local_parts(config, batching, trace=None, reroute=None):
+    """``(router, GPU pool)`` of a backend on this machine (``config``: its
+    BackendConfig)."""
+    workers = {}  # (the router's load reads the workers: no cycle through the backend)
+    router = Router(config.devices, config.placement, model=get_model,
+                    load=lambda device_id: workers[device_id].load())
+    pool = make_gpu_pool(router.gpus, batching, config.keep_on_device, router.cpu_allowed,
+                         reroute, GPUObserver(router, trace))
+    workers.update(pool.workers)
+    return router, pool
+
+
+def cluster_parts(config, batching):
+    """``(Dask client executor, router, GPU pool)`` of a backend on a Dask cluster (its
+    GPU pools are on the workers: none here)."""
+    cluster = DaskClientExecutor(config.client, worker_gpu_pool,
+                                 batching.cluster_part_completed, config.retries,
+                                 config.wait_for_workers_timeout)
+    return cluster, ClusterRouter(cluster, config.placement), make_gpu_pool((), batching)
+
+
+def cpu_pools(router, batching, sampled=True):
+    """A CPU pool per CPU route; ``sampled``: each part's cost is told to the router's
+    cost model while it has one."""
+    sample = sampling = None
+    if sampled:
+        sample = guarded("the placement model", functools.partial(router.observe, router.cpu))
+        sampling = lambda: router.placer is not None  # noqa: E731
+    return {route: CPUPool(route, route == CPU_PROCESSES, sample,
+                           batching.cpu_batch_completed, sampling)
+            for route in (CPU_PROCESSES, CPU_THREADS)}
 
 
 def make_gpu_pool(gpus, batching, keep_on_device=False, cpu_fallback=None, reroute=None,
@@ -33,11 +71,14 @@ def make_gpu_pool(gpus, batching, keep_on_device=False, cpu_fallback=None, rerou
 
 def worker_gpu_pool():
     """The GPU pool of a Dask worker (made there by its plugin): the worker's GPUs,
-    starting from the launch sizes learnt before, which it keeps when it ends."""
+    starting from the launch sizes learnt before, which it keeps when it ends; a lost
+    GPU's calls go to the worker's other GPUs."""
     batching = BatchPolicy(learnt=learnt_launch_size)
-    return make_gpu_pool(
+    pool = make_gpu_pool(
         [d for d in devices() if d.is_gpu], batching,
         on_shutdown=lambda: remember_launch_sizes(batching.launch_sizers.values()))
+    pool.limit_host_threads()  # (simulated GPUs share the worker's cores: until shutdown)
+    return pool
 
 
 class GPUObserver:

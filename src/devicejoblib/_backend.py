@@ -23,7 +23,7 @@ import weakref
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 
-from ._assemble import GPUObserver, make_gpu_pool, sample, worker_gpu_pool
+from ._assemble import cluster_parts, cpu_pools, local_parts, sample
 from ._config import OWN_PARAMETERS, BackendConfig
 from ._joblib_adapters import (
     ParallelBackendBase,
@@ -33,16 +33,13 @@ from ._joblib_adapters import (
     sub_batch,
 )
 from ._utils import guarded_timer
-from .executors.cpu import CPUPool
-from .executors.dask_client import DaskClientExecutor
-from .observe.bookkeeping import after, guarded
+from .observe.bookkeeping import after
 from .observe.progress import Progress
-from .observe.report import call_report, format_report
+from .observe.report import call_report, format_report, with_placements
 from .observe.trace import Trace, watched
 from .policy.batching import BatchPolicy
-from .policy.cluster_routing import ClusterRouter
-from .policy.model_store import get_model, learnt_launch_size, remember_launch_sizes
-from .policy.routing import CPU_PROCESSES, CPU_THREADS, Router
+from .policy.model_store import learnt_launch_size, remember_launch_sizes
+from .policy.routing import CPU_PROCESSES, CPU_THREADS
 from .run.fusion import run_bound
 from .run.tasks import JoinedBatch, failed
 
@@ -58,6 +55,44 @@ class _Call:
 
 
 class DeviceBackend(ParallelBackendBase):
+    """joblib backend that sends each call to the CPU or to a GPU's worker thread.
+
+    Parameters
+    ----------
+    devices : device spec, optional
+        The devices to use (see :func:`devicejoblib.parse_devices`); default: all.
+    placement : device spec or "auto", optional
+        Where calls may run unless a kernel is pinned with ``.on()``: ``"gpu"``,
+        ``"cpu"``, a device list, among ``devices``; ``"auto"``: each kernel call goes
+        where the learnt cost model expects it to finish first (``kernel.on("auto")``
+        asks it for one kernel). Default: decided per call (affinity, capability).
+    cpu_backend : {"loky", "threading"}
+        How CPU calls run: loky worker processes (default) or threads. ``nogil`` kernels,
+        ``prefer="threads"`` and ``require="sharedmem"`` always use threads.
+    n_cpu_jobs : int, optional
+        CPU workers; default: the ``n_jobs`` of the ``Parallel`` call.
+    keep_on_device : bool
+        Leave GPU results on their device (CuPy arrays) instead of copying them to NumPy.
+    max_batch_size : int, optional
+        Upper bound for automatic batch sizes, on the CPU and on each GPU.
+    client : distributed.Client or "default", optional
+        Run the calls on this Dask cluster instead ("default": the current default
+        client): each routed part of a batch is one Dask task, GPU parts on workers that
+        declare a ``GPU`` resource (see the "Scaling out" page).
+    retries : int
+        With ``client``: Dask's ``retries`` of a part whose call raised (default 0: the
+        error is the ``Parallel`` call's at once). Parts of a worker that died are run
+        again by Dask whatever this says.
+    wait_for_workers_timeout : float
+        With ``client``: seconds to wait for a first worker, and for a GPU worker while
+        GPU parts wait for one (then they fail), as joblib's dask backend's.
+    trace : str or path, optional
+        Write a timeline of the run there: Chrome trace-event JSON, which Perfetto and
+        chrome://tracing open (rewritten at the end of each ``Parallel`` call).
+    progress : bool
+        Show a progress bar of the calls done, per device (tqdm on a terminal, plain
+        text lines otherwise).
+    """
 
     supports_retrieve_callback = True
     # GPU workers are threads of this process, and require="sharedmem" sends CPU calls
@@ -77,31 +112,17 @@ class DeviceBackend(ParallelBackendBase):
         self.batching = BatchPolicy(config.max_batch_size, nesting_level, learnt_launch_size)
         self._trace = Trace(config.trace) if config.trace is not None else None
         self._call = _Call()
-        self._serving = threading.Lock()  # held while configure() claims the backend
-        self._claimed_by = None  # the Parallel this backend serves, until terminate()
-        self.cluster = None
+        self._claim = _Claim()  # the Parallel call this backend serves, until terminate()
         if config.on_cluster:
             # a Parallel call without n_jobs uses the cluster, as joblib's dask backend
             self.default_n_jobs, self.supports_sharedmem = -1, False
-            self.cluster = DaskClientExecutor(
-                config.client, worker_gpu_pool, self.batching.cluster_part_completed,
-                config.retries, config.wait_for_workers_timeout)
-            self.router = ClusterRouter(self.cluster, config.placement)
-            self.gpus = make_gpu_pool((), self.batching)
+            self.cluster, self.router, self.gpus = cluster_parts(config, self.batching)
         else:
-            workers = {}  # (the load reads the workers, not the backend: no cycle)
-            self.router = Router(config.devices, config.placement, model=get_model,
-                                 load=lambda device_id: workers[device_id].load())
-            self.gpus = make_gpu_pool(
-                self.router.gpus, self.batching, config.keep_on_device,
-                self.router.cpu_allowed, functools.partial(_reroute, weakref.ref(self)),
-                GPUObserver(self.router, self._trace))
-            workers.update(self.gpus.workers)
-        sample_cpu = None if self.cluster is not None else guarded(
-            "the placement model", functools.partial(self.router.observe, self.router.cpu))
-        self.cpu = {route: CPUPool(route, route == CPU_PROCESSES, sample_cpu,
-                                   self.batching.cpu_batch_completed)
-                    for route in (CPU_PROCESSES, CPU_THREADS)}
+            self.cluster = None
+            self.router, self.gpus = local_parts(
+                config, self.batching, self._trace,
+                reroute=functools.partial(_reroute, weakref.ref(self)))
+        self.cpu = cpu_pools(self.router, self.batching, sampled=self.cluster is None)
         self._finalizer = self.gpus.stop_with(self)
         if self.cluster is not None:
             weakref.finalize(self, self.cluster.shutdown)
@@ -114,6 +135,19 @@ class DeviceBackend(ParallelBackendBase):
     def max_batch_size(self):
         """Upper bound for automatic batch sizes."""
         return self.config.max_batch_size
+
+    @property
+    def parallel(self):
+        """The ``Parallel`` call this backend serves, between configure() and
+        terminate()."""
+        return self._call.parallel
+
+    def __getattr__(self, name):
+        # the constructor's arguments, validated, as the backend's config holds them
+        config = self.__dict__.get("config")
+        if config is not None and name in OWN_PARAMETERS:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def runs_in_caller(self):
@@ -142,21 +176,14 @@ class DeviceBackend(ParallelBackendBase):
                 f"Invalid argument {given[0]}= for Parallel(backend='device'): the device "
                 f"backend's arguments go to parallel_config(backend='device', "
                 f"{given[0]}=...) or DeviceBackend({given[0]}=...)")
-        with self._serving:  # one call at a time: a second would share this call's state
-            if self._claimed_by is not None and self._claimed_by is not parallel:
-                raise RuntimeError(
-                    "Invalid use of a DeviceBackend by two Parallel calls at once (it "
-                    "serves one call at a time, as joblib's own backends do): give each "
-                    "thread its own DeviceBackend, or parallel_config(backend='device') "
-                    "in each")
-            self._claimed_by = parallel
+        self._claim.take(parallel)  # one call at a time: two would share a call's state
         try:
             n_jobs = self._configure(n_jobs, parallel, prefer, require, kwargs)
         except BaseException:
-            self._claimed_by = None
+            self._claim.release()
             raise
         if n_jobs == 1:  # joblib runs the calls itself, and will not terminate()
-            self._claimed_by = None
+            self._claim.release()
         return n_jobs
 
     def _configure(self, n_jobs, parallel, prefer, require, loky_kwargs):
@@ -215,7 +242,7 @@ class DeviceBackend(ParallelBackendBase):
         try:
             self._terminate()
         finally:
-            self._claimed_by = None  # the next Parallel call may use this backend
+            self._claim.release()  # the next Parallel call may use this backend
 
     def _terminate(self):
         # (the call's state is dropped: the backend <-> Parallel cycle is broken, and
@@ -265,9 +292,13 @@ class DeviceBackend(ParallelBackendBase):
         joined = JoinedBatch(len(items), len(parts), callback)
         for target, positions in parts.items():
             positions = range(len(items)) if positions is None else positions
-            self._submit_part(target, sub_batch(batch, [items[i] for i in positions]),
-                              functools.partial(joined.part_done, positions), ledger,
-                              len(items), watch)
+            part_done = functools.partial(joined.part_done, positions)
+            try:
+                part = sub_batch(batch, [items[i] for i in positions])
+            except BaseException as exc:
+                self._failed(exc, part_done)
+                continue
+            self._submit_part(target, part, part_done, ledger, len(items), watch)
         return joined
 
     def _submit_part(self, target, batch, callback, ledger, whole=None, watch=True):
@@ -281,7 +312,7 @@ class DeviceBackend(ParallelBackendBase):
         if watch and (call.progress is not None or self._trace is not None):
             callback = watched(target, batch, callback, call.progress, self._trace,
                                call.parallel)
-        if target.is_gpu and self.batching.gpu_bound:
+        if target.is_gpu and self.batching.gpu_bound and self.cluster is None:
             callback = self.batching.dispatch.timing(len(batch), callback)
         try:
             executor = self.cluster or (self.gpus if target.is_gpu else self.cpu[target.route])
@@ -327,11 +358,10 @@ class DeviceBackend(ParallelBackendBase):
         for executor in (*self.cpu.values(), self.gpus, self.cluster):
             if executor is not None:
                 out.update(executor.stats())
-        if self.router.placer is not None:
-            for device_id, placed in self.router.placer.calls_per_device().items():
-                route = device_id if device_id in self.gpus.workers else self.router.cpu_route
-                row = out.setdefault(route, {"calls": 0, "batches": 0, "seconds": 0.0})
-                row.update(placed)
+        placer = self.router.placer
+        if placer is not None:  # (what the model placed: on a GPU, else the CPU route)
+            with_placements(out, placer.calls_per_device(),
+                            lambda d: d if d in self.gpus.workers else self.router.cpu_route)
         return out
 
     def explain(self):
@@ -370,6 +400,28 @@ class DeviceBackend(ParallelBackendBase):
         """Whether a call's ``n_jobs`` asks joblib to run the calls in the caller's
         thread (1, or None with no ``parallel_config`` setting more)."""
         return n_jobs in (None, 1) and self.config.n_cpu_jobs in (None, 1)
+
+
+class _Claim:
+    """Which ``Parallel`` call a backend serves: a second call while one holds it (from
+    another thread) is an error that names the fix."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.parallel = None
+
+    def take(self, parallel):
+        with self._lock:
+            if self.parallel is not None and self.parallel is not parallel:
+                raise RuntimeError(
+                    "Invalid use of a DeviceBackend by two Parallel calls at once (it "
+                    "serves one call at a time, as joblib's own backends do): give each "
+                    "thread its own DeviceBackend, or parallel_config(backend='device') "
+                    "in each")
+            self.parallel = parallel
+
+    def release(self):
+        self.parallel = None
 
 
 def _reroute(backend_ref, device_id, error, batch, items):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ._specs import ANYWHERE, Placement, parse_devices
@@ -36,14 +36,14 @@ class BackendConfig:
     wait_for_workers_timeout: float = 10.0
     trace: Path | None = None
     progress: bool = False
-    loky_kwargs: dict = field(default_factory=dict)
 
     @classmethod
     def from_arguments(cls, devices=None, placement=None, cpu_backend="loky",
                        n_cpu_jobs=None, keep_on_device=False, max_batch_size=None,
                        client=None, retries=0, wait_for_workers_timeout=10.0, trace=None,
                        progress=False, **loky_kwargs):
-        """The configuration these arguments (the backend's) ask for.
+        """The configuration these arguments (the backend's) ask for; ``loky_kwargs``
+        are only checked for misspelt backend arguments (joblib hands them to loky).
 
         Raises
         ------
@@ -63,7 +63,6 @@ class BackendConfig:
             "trace": _trace_path(trace),
             "max_batch_size": check_count("max_batch_size", max_batch_size,
                                           allow_none=True),
-            "loky_kwargs": loky_kwargs,
         }
         if client is None:
             if retries != 0:

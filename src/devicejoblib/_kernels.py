@@ -11,7 +11,7 @@ import threading
 from ._context import bound_device, current_device
 from ._errors import DeviceUnavailableError
 from ._platforms import GPU_IMPLEMENTATION, IMPLEMENTATIONS
-from ._specs import Placement
+from ._specs import ANYWHERE, Placement
 from ._utils import check_callable, check_flag
 
 
@@ -69,7 +69,7 @@ class Kernel:
         self._cuda = cuda
         self._cuda_library = None  # the array library the GPU implementation is for
         self.nogil = nogil
-        self.pin = Placement.parse(placement)  # (a malformed spec fails here, at .on())
+        self._pin = ANYWHERE if placement is None else None  # parsed on first use
         self.placement = placement
         self._batched = batched or {}  # "cpu" / "cuda" -> BatchedForm
         self._setup = setup
@@ -150,6 +150,11 @@ class Kernel:
             form.set_stateful(True)
         return self
 
+    def library_on(self, device):
+        """The array library its implementation for ``device`` names (None: the
+        device's default; the CPU implementation names none)."""
+        return self._cuda_library if device.platform.runs == GPU_IMPLEMENTATION else None
+
     def state(self, device=None):
         """This kernel's resident state on ``device`` (default: where the caller runs)."""
         return resident_state(self, device or current_device())
@@ -171,9 +176,25 @@ class Kernel:
         -------
         Kernel
             A kernel with the same implementations whose calls may only run there. The
-            pin wins over every other routing rule; a device the backend lacks is an
-            :class:`~devicejoblib.InvalidDeviceError` when the call is dispatched.
+            pin wins over every other routing rule. A malformed spec is an
+            :class:`~devicejoblib.InvalidDeviceError` here; a device the backend lacks,
+            when the call is dispatched.
         """
+        placed = self._placed(device)
+        placed.pin  # noqa: B018  (parsed now: a malformed spec fails at the user's line)
+        return placed
+
+    @property
+    def pin(self):
+        """Where the kernel is pinned, parsed (a :class:`~devicejoblib._specs.Placement`;
+        on first use, so that a worker process that never registered a custom device
+        kind can unpickle a kernel pinned to it)."""
+        pin = self._pin
+        if pin is None:
+            pin = self._pin = Placement.parse(self.placement)
+        return pin
+
+    def _placed(self, device):
         placed = Kernel(self._cpu, self._cuda, nogil=self.nogil, placement=device,
                         wraps=self.__wrapped__, batched=self._batched, setup=self._setup)
         placed._cuda_library = self._cuda_library
@@ -322,7 +343,7 @@ def _lookup(module, qualname):
 
 
 def _placed_kernel(base, placement):
-    return base.on(placement)
+    return base._placed(placement)
 
 
 def _sequential_caller(frame):

@@ -18,10 +18,12 @@ _SPEC = re.compile(r"^([a-z]+)(?::(\d+))?$")
 _HINT = f"(set CUDA_VISIBLE_DEVICES or {SIMULATE_GPUS_ENV})"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class Placement:
     """Where calls may run, parsed once: ``spec`` a device spec (None: anywhere) or
-    ``auto`` (learned placement, among every device). Made by :meth:`parse`.
+    ``auto`` (learned placement, among every device). Made by :meth:`parse`; equal
+    specs make equal (and equally hashed) placements, so that what routing derives from
+    one is kept once, however many pinned kernels carry it.
 
     Attributes
     ----------
@@ -55,9 +57,13 @@ class Placement:
             return ANYWHERE
         if isinstance(value, str) and value.strip().lower() == "auto":
             return AUTO
-        if isinstance(value, list):
-            value = tuple(value)
-        return cls(value, False, _kinds_of(value))
+        kinds = _kinds_of(value)  # (a malformed spec is named as it was given)
+        return cls(tuple(value) if isinstance(value, list) else value, False, kinds)
+
+    @property
+    def shown(self):
+        """The spec as the user gave it (a list shown as a list)."""
+        return _shown(self.spec)
 
     @property
     def anywhere(self):
@@ -91,14 +97,14 @@ class Placement:
             if not inside:
                 has = ", ".join(str(d) for d in among)
                 raise InvalidDeviceError(
-                    f"Invalid placement {_shown(self.spec)!r}: {item!r} is not among this "
+                    f"Invalid placement {self.shown!r}: {item!r} is not among this "
                     f"backend's devices ({has}); give the backend devices= that include it, "
                     "or place the calls on one of those")
             chosen.extend(d for d in inside if d not in chosen)
         return tuple(chosen)
 
     def __repr__(self):
-        return "Placement('auto')" if self.auto else f"Placement({_shown(self.spec)!r})"
+        return "Placement('auto')" if self.auto else f"Placement({self.shown!r})"
 
 
 def _shown(spec):

@@ -190,9 +190,9 @@ class Platform(abc.ABC):
         """A context held around each Numba CUDA launch (the simulator's lock)."""
         return contextlib.nullcontext()
 
-    def launch_numba(self, kernel, blocks, threads, *args):
+    def launch_numba(self, kernel, blocks, threads, *args, device=None):
         """Launch a Numba CUDA ``kernel`` with ``blocks`` x ``threads`` on the calling
-        thread's device (and stream)."""
+        thread's device (and stream: on a CUDA GPU whose library is CuPy, CuPy's)."""
         with self.numba_launch_lock():
             kernel[blocks, threads](*args)
 

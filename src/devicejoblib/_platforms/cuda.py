@@ -5,6 +5,7 @@ thread binds every library of the process to its device."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -84,9 +85,14 @@ class CUDAPlatform(Platform):
                 if lib is not own and lib.loaded() and lib.lists_devices] + [own]
 
     def bind(self, device):
-        sync = stream = None
-        for library in self._bound_libraries(device):
-            sync, stream = library.bind(device, stream)
+        *others, own = self._bound_libraries(device)
+        stream = None
+        for library in others:
+            # best effort: a library that lists no GPU here (a CuPy built for another
+            # CUDA) must not cost the device; its own library is what counts
+            with contextlib.suppress(Exception):
+                _, stream = library.bind(device, stream)
+        sync, _ = own.bind(device, stream)
         return sync
 
     def bound(self, device):
@@ -108,7 +114,8 @@ class CUDAPlatform(Platform):
     def free_cached_memory(self):
         for library in array_libraries(self.runs):
             if library.loaded():
-                library.free_cached_memory()
+                with contextlib.suppress(Exception):  # (the retry tells if it helped)
+                    library.free_cached_memory()
 
     # --- timing and Numba CUDA kernels ---------------------------------------------------
 
@@ -125,9 +132,9 @@ class CUDAPlatform(Platform):
     def runs_numba_cuda(self):
         return True
 
-    def launch_numba(self, kernel, blocks, threads, *args):
+    def launch_numba(self, kernel, blocks, threads, *args, device=None):
         cupy = sys.modules.get("cupy")
-        if cupy is None or self.library_for().name != "cupy":
+        if cupy is None or self.library_for(device).name != "cupy":
             kernel[blocks, threads](*args)
             return
         # on the worker's CuPy stream, ordered after the copies that brought the inputs

@@ -44,13 +44,15 @@ class ArrayLibrary:
     serves: tuple[str, ...] = ("cpu",)
     lists_devices = False
     warn_when_unusable = False
-    #: Whether :meth:`to_device` moves anything (set per subclass: a call's arguments
-    #: are not walked for a library that leaves them as they are).
+    #: Whether :meth:`to_device` moves anything: a call's arguments are not walked for
+    #: a library that leaves them as they are (derived for each subclass that does not
+    #: set it: whether it overrides ``to_device``).
     moves_arrays = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls.moves_arrays = cls.to_device is not ArrayLibrary.to_device
+        if "moves_arrays" not in cls.__dict__:
+            cls.moves_arrays = cls.to_device is not ArrayLibrary.to_device
 
     # --- availability, and listing a kind's devices (libraries that can) ---------------
 

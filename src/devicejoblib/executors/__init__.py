@@ -14,28 +14,20 @@ from dataclasses import dataclass
 
 @dataclass
 class ExecutorStats:
-    """What one device or route ran: calls, batches (parts, launch groups) and busy
-    seconds; ``working_seconds``, where the executor's cost timer says, the part of
-    those seconds its thread was working."""
+    """What one route or worker ran: calls, batches (parts) and busy seconds."""
 
     calls: int = 0
     batches: int = 0
     seconds: float = 0.0
-    working_seconds: float | None = None
 
-    def add(self, calls, seconds, working=None):
+    def add(self, calls, seconds):
         self.calls += calls
         self.batches += 1
         self.seconds += seconds
-        if working is not None:
-            self.working_seconds = (self.working_seconds or 0.0) + working
 
     def row(self):
-        """The report row: ``{"calls", "batches", "seconds"[, "working_seconds"]}``."""
-        row = {"calls": self.calls, "batches": self.batches, "seconds": self.seconds}
-        if self.working_seconds is not None:
-            row["working_seconds"] = self.working_seconds
-        return row
+        """The report row: ``{"calls", "batches", "seconds"}``."""
+        return {"calls": self.calls, "batches": self.batches, "seconds": self.seconds}
 
 
 class Executor(abc.ABC):

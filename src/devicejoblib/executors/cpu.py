@@ -29,17 +29,19 @@ class CPUPool(Executor):
         Whether its calls want worker processes (loky) when a call has more than one
         worker; else threads.
     sample : callable, optional
-        ``sample(items, n_calls, seconds)``: told what a part placed by the cost model
-        cost this route (its worker's time at the route's throughput).
+        ``sample(items, n_calls, seconds)``: told what each part cost this route (its
+        worker's time at the route's throughput), while ``sampling()`` says so (a cost
+        model is in use: the parts are then timed in their workers).
     on_batch : callable, optional
         ``on_batch(n_calls, seconds, whole)``: told each part's round trip (joblib's
         auto batching).
     """
 
-    def __init__(self, route, processes, sample=None, on_batch=None):
+    def __init__(self, route, processes, sample=None, on_batch=None, sampling=None):
         self.route = route
         self.processes = processes
         self._sample = sample
+        self._sampling = sampling
         self._on_batch = on_batch
         self.n_workers = 1
         self._make_loky = None
@@ -60,7 +62,7 @@ class CPUPool(Executor):
         started, n_calls, items = time.perf_counter(), len(batch), batch.items
         if has_batched_form(items, HOST.runs):
             batch = FusedCPUBatch(batch)
-        if target.key is None or self._sample is None:
+        if self._sampling is None or not self._sampling():
             future = submit(batch)
             future.add_done_callback(self._finisher(started, n_calls, whole, on_done))
             return future
@@ -133,21 +135,20 @@ class CPUPool(Executor):
     # --- the caller's thread -----------------------------------------------------------
 
     def abort(self, patience=None):
-        workers = self._stopping()
+        """Stop the workers at once; the next part starts fresh ones (a managed
+        ``Parallel`` goes on after an error without configuring again)."""
+        with self._lock:
+            workers, self._workers = self._workers, None
         if workers is not None:
             workers[2]()
 
     def shutdown(self, wait=True):
-        workers = self._stopping()
-        if workers is not None:
-            workers[1]()
-
-    def _stopping(self):
-        """The workers to stop; the call's loky factory is dropped (it holds the
+        """Stop the workers; the call's loky factory is dropped too (it holds the
         ``Parallel`` call, which holds the backend)."""
         with self._lock:
             workers, self._workers, self._make_loky = self._workers, None, None
-        return workers
+        if workers is not None:
+            workers[1]()
 
     def stats(self):
         with self._lock:

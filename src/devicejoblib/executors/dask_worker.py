@@ -2,10 +2,10 @@
 only where a backend was given a client, and on its workers).
 
 A GPU part runs on the worker's own GPUs as calls run locally: :class:`GPUPoolPlugin`,
-registered by the backend under a name of its own, owns a GPU pool from ``setup()`` to
-``teardown()`` (one thread per GPU, launch sizes, fusion and resident state), made by
-the backend's ``make_pool`` on the worker's first GPU part. No joblib backend is built
-on a worker.
+registered by the backend under a name of its own, owns a GPU pool (one thread per GPU,
+launch sizes, fusion and resident state), made by the backend's ``make_pool`` on the
+worker's first GPU part and let go of at ``teardown()``. No joblib backend is built on
+a worker.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ class GPUPoolPlugin(WorkerPlugin):
             return self._pool
 
     def teardown(self, worker):
-        pool, self._pool = self._pool, None
+        with self._lock:
+            pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False)  # a running call ends on its own thread
 
@@ -66,10 +67,14 @@ def gpu_part(name, batch):
     worker = get_worker()
     address, start, pool = worker.address, time.perf_counter(), None
     try:
-        pool = worker.plugins[name].pool
+        plugin = worker.plugins.get(name)
+        if plugin is None:  # the backend ended (or its plugin has not reached here)
+            raise RuntimeError(f"the device backend's plugin {name!r} is not registered "
+                               f"on Dask worker {address}")
+        pool = plugin.pool
         results, device_id = pool.run(batch)
     except BaseException as exc:
-        if pool is not None and len(pool.lost) == len(pool.workers):  # no GPU left here
+        if pool and len(pool.lost) == len(pool.workers):  # it had GPUs: none left
             raise GPUWorkerLostError(f"every GPU of Dask worker {address} is lost: "
                                      f"{type(exc).__name__}: {exc}", address) from None
         add_note(exc, f"on Dask worker {address}")

@@ -97,8 +97,8 @@ class GPUWorker(_QueueThread):
     execute : callable
         ``execute(tasks, should_stop)`` runs a list of tasks on this thread (stopping
         between calls once ``should_stop()``); returns a
-        :class:`~devicejoblib._fusion.Ran` with one result list (or
-        :class:`~devicejoblib._fusion.Failure`) per task.
+        :class:`~devicejoblib.run.fusion.Ran` with one result list (or
+        :class:`~devicejoblib.run.fusion.Failure`) per task.
     sizer : GPUBatchSizer
         Decides how many calls to take at once; told how long each batch took.
     siblings : int
@@ -292,11 +292,11 @@ class GPUWorker(_QueueThread):
         start = time.perf_counter()
         elapsed = self.device.platform.start_timer(self.device)
         cost = guarded_timer(self.device.platform.start_cost_timer, self.device)
+        tasks = [task for task, _, _ in group]
         try:
             if broken is not None:
                 raise self._broken(broken, "binding it to the device failed")
             epoch = self._epoch
-            tasks = [task for task, _, _ in group]
             ran = self._execute(tasks, lambda: self._epoch != epoch)
             sync()
             results, launches = ran.results, ran.launches

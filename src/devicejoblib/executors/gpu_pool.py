@@ -25,6 +25,7 @@ import functools
 import weakref
 
 from .._errors import DeviceUnavailableError
+from .._joblib_adapters import sub_batch
 from .._kernels import ResidentHold
 from ..run.tasks import GPUTask
 from . import Executor
@@ -45,9 +46,10 @@ class GPUPool(Executor):
     reroute : callable, optional
         ``reroute(device_id, error, batch, items)``: a Future of the results of
         ``items`` (the calls of ``batch`` that did not complete on the lost device),
-        routed again; without it such calls fail with the device's error.
+        routed again; without it they run on the pool's other GPUs, and fail with the
+        device's error when none is left.
     observe : callable, optional
-        ``observe(device, calls, n_calls, seconds, cost)``: each group a worker ran.
+        ``observe(device, tasks, n_calls, seconds, cost)``: each group a worker ran.
     on_thread_exit : callable, optional
         Called by each worker thread as it ends.
     on_shutdown : callable, optional
@@ -156,10 +158,6 @@ class GPUPool(Executor):
     def _handing_over(self, on_done):
         return None if on_done is None else functools.partial(self.hand_over, on_done)
 
-    def load(self, device_id):
-        """Calls pending on a GPU, as routing weighs them."""
-        return self.workers[device_id].load()
-
     def run(self, batch):
         """Run every call of ``batch`` on the least loaded live GPU and wait:
         ``(results, device id)`` (a Dask worker's GPU part)."""
@@ -189,10 +187,8 @@ class GPUPool(Executor):
         """The calls of ``task`` after its ``done`` results, routed again (once); their
         results complete ``future``, with ``done`` first."""
         self.lost.setdefault(device_id, error)
-        if self._reroute is None:
-            raise error
         items = task.batch.items[len(done):]
-        rerouted = self._reroute(device_id, error, task.batch, items)
+        rerouted = (self._reroute or self._elsewhere)(device_id, error, task.batch, items)
 
         def forward(joined):
             try:
@@ -203,6 +199,15 @@ class GPUPool(Executor):
                 on_done(future)
 
         rerouted.add_done_callback(forward)
+
+    def _elsewhere(self, device_id, error, batch, items):
+        """Without ``reroute`` (a Dask worker's pool): the calls ``items`` of ``batch``
+        on the least loaded GPU of this pool still live; ``error`` when none is."""
+        live = [w for w in self.workers.values() if w.device.id not in self.lost]
+        if not live:
+            raise error
+        worker = min(live, key=GPUWorker.load)
+        return worker.submit(GPUTask(sub_batch(batch, items), worker.device))
 
 
 def _rescue(pool_ref, device_id, error, task, future, on_done, done=()):

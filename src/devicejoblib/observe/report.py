@@ -14,6 +14,17 @@ def minus(row, before):
             for key, value in row.items()}
 
 
+def with_placements(report, placed, route_of):
+    """Add to ``report``'s rows the calls learned placement sent to each device
+    (``placed``: device id -> ``{"auto_calls", "calibrating_calls"}``), under the row
+    ``route_of(device id)`` (made if missing)."""
+    for device_id, counts in placed.items():
+        row = report.setdefault(route_of(device_id), {"calls": 0, "batches": 0,
+                                                      "seconds": 0.0})
+        row.update(counts)
+    return report
+
+
 def format_report(report, since=None):
     """One line per device of ``report`` (a GPU worker that spent a tenth of its busy
     time or more not working, by its cost timer, says so); with ``since`` (an earlier

@@ -68,7 +68,7 @@ class ClusterRouter:
         if not gpu_allowed:
             raise DeviceUnavailableError(
                 f"{name!r} cannot run where it is placed: it has a GPU implementation "
-                f"only and its placement ({placement.spec!r}) "
+                f"only and its placement ({placement.shown!r}) "
                 "allows no GPU")
         needs = "a GPU implementation only" if not has_cpu else "a placement on GPUs"
         raise DeviceUnavailableError(

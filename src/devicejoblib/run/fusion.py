@@ -218,7 +218,7 @@ def _fusion_key(form, args, kwargs):
 def _run_fused(kernel, form, arguments, device, keep_on_device, ran):
     """Rows of one fused launch; None when the batched form failed (run them unfused)."""
     platform = device.platform
-    library = platform.library_for(device)
+    library = platform.library_for(device, kernel.library_on(device))
     first = arguments[0]
     stacked = {}
     for name, value in first.items():
