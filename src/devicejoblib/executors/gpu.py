@@ -47,12 +47,15 @@ class _QueueThread(abc.ABC):
 
     def _put(self, item):
         with self._lock:
-            if self._thread is None:
-                self._queue = queue.SimpleQueue()
-                self._thread = threading.Thread(target=self._run, args=(self._queue,),
-                                                name=self.name, daemon=True)
-                self._thread.start()
-            self._queue.put(item)
+            self._put_holding_lock(item)
+
+    def _put_holding_lock(self, item):
+        if self._thread is None:
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, args=(self._queue,),
+                                            name=self.name, daemon=True)
+            self._thread.start()
+        self._queue.put(item)
 
     def stop(self, wait=True, abandoned=True):
         """Stop the thread after what is already queued; wait for it — and, when
@@ -149,10 +152,10 @@ class GPUWorker(_QueueThread):
         Future keeps no reference to it: joblib's callbacks point back at the Future).
         """
         future = Future()
-        with self._lock:
+        with self._lock:  # (one lock a part: the worker thread takes it too)
             self.pending_calls += task.n_calls
             self._queued[future] = (task.n_calls, on_done)
-        self._put((task, future, on_done))
+            self._put_holding_lock((task, future, on_done))
         return future
 
     # --- the caller's thread: aborts and stuck calls ----------------------------------------
@@ -237,11 +240,15 @@ class GPUWorker(_QueueThread):
                 self._on_exit()
 
     def _start(self, group):
-        """The tasks of ``group`` that were not cancelled, now marked running."""
+        """The tasks of ``group`` that were not cancelled, now marked running (and this
+        thread busy)."""
         with self._lock:
             for _, future, _ in group:
                 self._queued.pop(future, None)
-        return [item for item in group if item[1].set_running_or_notify_cancel()]
+            started = [item for item in group if item[1].set_running_or_notify_cancel()]
+            if started:
+                self._busy.add(threading.current_thread())
+        return started
 
     def _run_group(self, group, sync, broken):
         if not group:
@@ -253,8 +260,6 @@ class GPUWorker(_QueueThread):
             self._hand_over(group, n_calls)
             return
         thread = threading.current_thread()
-        with self._lock:
-            self._busy.add(thread)
         try:
             results, seconds, cost = self._execute_group(group, n_calls, sync, broken)
         except BaseException as exc:  # whatever failed, every future is completed
@@ -283,6 +288,7 @@ class GPUWorker(_QueueThread):
         """The device is lost: every task of the group goes to ``rescue`` (none ran)."""
         with self._lock:
             self.pending_calls -= n_calls
+            self._busy.discard(threading.current_thread())
         for task, future, on_done in group:
             self._rescue(self.lost, task, future, on_done)
 
