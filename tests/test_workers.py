@@ -81,3 +81,19 @@ def test_a_failed_binding_breaks_every_task_with_the_device_named(monkeypatch):
         error = future.exception()
         assert isinstance(error, BrokenExecutor) and "cuda:0 (simulated)" in str(error)
         assert isinstance(error.__cause__, OSError)
+
+
+def test_a_completion_callback_that_raises_is_reported_and_the_worker_goes_on():
+    worker = GPUWorker(DEVICE, lambda tasks, should_stop=None: Ran([t.name for t in tasks]),
+                       GPUBatchSizer(DEVICE))
+    reported, done = [], []
+    previous, threading.excepthook = threading.excepthook, reported.append
+    try:
+        first = worker.submit(Task("a"), on_done=lambda f: 1 / 0)
+        second = worker.submit(Task("b"), on_done=done.append)
+        assert second.result(timeout=10) == "b" and done == [second]
+    finally:
+        threading.excepthook = previous
+        worker.stop()
+    assert first.result() == "a"
+    assert [type(r.exc_value) for r in reported] == [ZeroDivisionError]

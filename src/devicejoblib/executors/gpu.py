@@ -282,7 +282,7 @@ class GPUWorker(_QueueThread):
             else:
                 future.set_result(result)
             if on_done is not None:
-                on_done(future)
+                _report_errors(on_done, future)  # (the group's other futures come next)
 
     def _hand_over(self, group, n_calls):
         """The device is lost: every task of the group goes to ``rescue`` (none ran)."""
@@ -369,9 +369,15 @@ class CallbackThread(_QueueThread):
             if item is _STOP:
                 return
             function, argument = item
-            try:
-                function(argument)
-            except BaseException:  # report it, and keep serving the other callbacks
-                threading.excepthook(threading.ExceptHookArgs(
-                    (*sys.exc_info(), threading.current_thread())))
+            _report_errors(function, argument)  # and keep serving the other callbacks
             del item, function, argument  # keep nothing alive while idle
+
+
+def _report_errors(function, argument):
+    """``function(argument)``, its error reported as a thread's uncaught error is (the
+    thread goes on: nothing queued to it may be left waiting)."""
+    try:
+        function(argument)
+    except BaseException:
+        threading.excepthook(threading.ExceptHookArgs(
+            (*sys.exc_info(), threading.current_thread())))
