@@ -14,6 +14,10 @@ from ._errors import DeviceUnavailableError, InvalidDeviceError
 from ._platforms import DEVICE_KINDS
 from ._utils import is_whole
 
+#: The routes of CPU calls, next to GPU ids: loky worker processes, or threads (names in
+#: reports, traces and progress lines).
+CPU_PROCESSES, CPU_THREADS = "cpu", "cpu-threads"
+
 _SPEC = re.compile(r"^([a-z]+)(?::(\d+))?$")
 _HINT = f"(set CUDA_VISIBLE_DEVICES or {SIMULATE_GPUS_ENV})"
 

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 from .._joblib_adapters import known_total
+from .._specs import CPU_PROCESSES, CPU_THREADS
 from .._utils import array_nbytes, warn_once, write_json_atomically
 from .bookkeeping import after
 
 #: The trace's tracks of the CPU routes (GPUs are named by their ids).
-CPU_TRACKS = {"cpu": "cpu (processes)", "cpu-threads": "cpu (threads)"}
+CPU_TRACKS = {CPU_PROCESSES: "cpu (processes)", CPU_THREADS: "cpu (threads)"}
 
 
 class Trace:

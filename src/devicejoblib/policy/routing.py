@@ -23,7 +23,7 @@ from typing import NamedTuple
 from .._devices import devices
 from .._errors import BrokenDeviceError, DeviceUnavailableError
 from .._kernels import Kernel
-from .._specs import ANYWHERE, Placement
+from .._specs import ANYWHERE, CPU_PROCESSES, CPU_THREADS, Placement
 from .._utils import warn_once
 from ..arrays import device_array_types, home_of
 from .placement import AutoPlacer, auto_kernel, device_model, footprint, kernel_key
@@ -39,8 +39,6 @@ def holds_any(types, args, kwargs):
     return bool(kwargs) and any(isinstance(v, types) for v in kwargs.values())
 
 
-#: Routes of CPU calls, next to GPU ids: loky worker processes, or threads.
-CPU_PROCESSES, CPU_THREADS = "cpu", "cpu-threads"
 
 
 class Target(NamedTuple):
