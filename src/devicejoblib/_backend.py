@@ -284,11 +284,13 @@ class DeviceBackend(ParallelBackendBase):
         Future of all their results, in order."""
         ledger = {}  # target -> what a part placed "auto" queued on its device
         parts = self.router.split(items, ledger)
+        if len(parts) == 1 and items is batch.items:
+            target = next(iter(parts))
+            if watch:
+                self.batching.gpu_bound = target.is_gpu
+            return self._submit_part(target, batch, callback, ledger, watch=watch)
         if watch:
             self.batching.gpu_bound = all(target.is_gpu for target in parts)
-        if len(parts) == 1 and items is batch.items:
-            (target, _), = parts.items()
-            return self._submit_part(target, batch, callback, ledger, watch=watch)
         joined = JoinedBatch(len(items), len(parts), callback)
         for target, positions in parts.items():
             positions = range(len(items)) if positions is None else positions
@@ -312,8 +314,10 @@ class DeviceBackend(ParallelBackendBase):
         if watch and (call.progress is not None or self._trace is not None):
             callback = watched(target, batch, callback, call.progress, self._trace,
                                call.parallel)
-        if target.is_gpu and self.batching.gpu_bound and self.cluster is None:
-            callback = self.batching.dispatch.timing(len(batch), callback)
+        batching = self.batching
+        if (target.is_gpu and batching.gpu_bound and batching.fixed is None
+                and self.cluster is None):  # (joblib's batch size, learnt when "auto")
+            callback = batching.dispatch.timing(len(batch), callback)
         try:
             executor = self.cluster or (self.gpus if target.is_gpu else self.cpu[target.route])
             return executor.submit(target, batch, callback, whole)

@@ -22,7 +22,6 @@ from concurrent.futures import Future
 
 from .._context import bind_thread
 from .._errors import BrokenDeviceError, with_worker_traceback
-from .._utils import guarded_timer
 from ..run.fusion import Failure, Lost
 
 _STOP = object()
@@ -107,6 +106,10 @@ class GPUWorker(_QueueThread):
     siblings : int
         Workers of the same platform, itself included, that may compute at once (on
         the host, for simulated GPUs: each thread's native pools get its share).
+    deliver : callable, optional
+        ``deliver(on_done, future)`` passes a completed future to its ``on_done``
+        (default: calls it in the worker's thread; the pool hands it to its callback
+        thread).
     rescue : callable, optional
         ``rescue(error, task, future, on_done, done)`` takes over a task this worker
         cannot finish (its device is lost: ``error`` is the BrokenDeviceError; ``done``
@@ -122,8 +125,8 @@ class GPUWorker(_QueueThread):
         held back).
     """
 
-    def __init__(self, device, execute, sizer, siblings=1, rescue=None, observe=None,
-                 on_exit=None):
+    def __init__(self, device, execute, sizer, siblings=1, deliver=None, rescue=None,
+                 observe=None, on_exit=None):
         super().__init__(f"devicejoblib-{device.id}")
         self.device = device
         self.sizer = sizer
@@ -135,6 +138,7 @@ class GPUWorker(_QueueThread):
         self._busy = set()  # threads running a group (an abandoned one and the current)
         self._epoch = 0  # bumped by an abort: a running group starts no more calls
         self._execute = execute
+        self._deliver = deliver or _call
         self._rescue = rescue
         self._observe = observe
         self._on_exit = on_exit
@@ -148,8 +152,9 @@ class GPUWorker(_QueueThread):
         """Queue ``task``; start the thread on first use.
 
         Returns its Future, completed with the task's results (a list) or its first
-        error, or cancelled. ``on_done(future)`` is called once it is, then dropped (the
-        Future keeps no reference to it: joblib's callbacks point back at the Future).
+        error, or cancelled. ``on_done(future)`` is called (by ``deliver``) once it is,
+        then dropped (the Future keeps no reference to it: joblib's callbacks point back
+        at the Future).
         """
         future = Future()
         with self._lock:  # (one lock a part: the worker thread takes it too)
@@ -214,11 +219,12 @@ class GPUWorker(_QueueThread):
                 with self._lock:
                     self.pending_calls -= n_calls
                 if on_done is not None:
-                    on_done(future)
+                    self._deliver(on_done, future)
 
     # --- the worker thread ------------------------------------------------------------------
 
     def _run(self, items):
+        thread = threading.current_thread()
         bind_thread(self.device)
         try:
             sync, broken = self.device.platform.bind(self.device), None
@@ -233,33 +239,32 @@ class GPUWorker(_QueueThread):
                     return
                 # a method of its own, so that nothing of the batch (joblib's callbacks
                 # hold the Parallel call and its backend) stays referenced while idle
-                self._run_group(self._start(group), sync, broken)
+                self._run_group(self._start(group, thread), sync, broken, thread)
                 del group
         finally:
             if self._on_exit is not None:
                 self._on_exit()
 
-    def _start(self, group):
-        """The tasks of ``group`` that were not cancelled, now marked running (and this
-        thread busy)."""
+    def _start(self, group, thread):
+        """The tasks of ``group`` that were not cancelled, now marked running (and
+        ``thread``, this one, busy)."""
         with self._lock:
             for _, future, _ in group:
                 self._queued.pop(future, None)
             started = [item for item in group if item[1].set_running_or_notify_cancel()]
             if started:
-                self._busy.add(threading.current_thread())
+                self._busy.add(thread)
         return started
 
-    def _run_group(self, group, sync, broken):
+    def _run_group(self, group, sync, broken, thread):
         if not group:
             return
-        n_calls = sum(task.n_calls for task, _, _ in group)
+        n_calls = group[0][0].n_calls if len(group) == 1 else sum(t.n_calls for t, _, _ in group)
         if broken is not None and self.lost is None:
             self.lost = self._broken(broken, "binding it to the device failed")
         if self.lost is not None and self._rescue is not None:
-            self._hand_over(group, n_calls)
+            self._hand_over(group, n_calls, thread)
             return
-        thread = threading.current_thread()
         try:
             results, seconds, cost = self._execute_group(group, n_calls, sync, broken)
         except BaseException as exc:  # whatever failed, every future is completed
@@ -282,22 +287,31 @@ class GPUWorker(_QueueThread):
             else:
                 future.set_result(result)
             if on_done is not None:
-                _report_errors(on_done, future)  # (the group's other futures come next)
+                try:
+                    self._deliver(on_done, future)
+                except BaseException:  # reported; the group's other futures come next
+                    _report_error()
 
-    def _hand_over(self, group, n_calls):
+    def _hand_over(self, group, n_calls, thread):
         """The device is lost: every task of the group goes to ``rescue`` (none ran)."""
         with self._lock:
             self.pending_calls -= n_calls
-            self._busy.discard(threading.current_thread())
+            self._busy.discard(thread)
         for task, future, on_done in group:
             self._rescue(self.lost, task, future, on_done)
 
     def _execute_group(self, group, n_calls, sync, broken):
         """``(results of the group's tasks (a list, or a Failure, each), seconds, cost)``,
         the launches timed for the sizer."""
+        device, sizer = self.device, self.sizer
         start = time.perf_counter()
-        elapsed = self.device.platform.start_timer(self.device)
-        cost = guarded_timer(self.device.platform.start_cost_timer, self.device)
+        # the launch timer only where the sizer would learn from it (it may cost device
+        # events); the cost timer's errors cost a measurement, never the results
+        elapsed = device.platform.start_timer(device) if sizer.measures(n_calls) else None
+        try:
+            cost = device.platform.start_cost_timer(device)
+        except Exception:
+            cost = None
         tasks = [task for task, _, _ in group]
         try:
             if broken is not None:
@@ -306,17 +320,26 @@ class GPUWorker(_QueueThread):
             ran = self._execute(tasks, lambda: self._epoch != epoch)
             sync()
             results, launches = ran.results, ran.launches
-            self.sizer.note_bytes(ran.bytes_per_call)
+            if ran.bytes_per_call:
+                sizer.note_bytes(ran.bytes_per_call)
         except BaseException as exc:  # handed to the caller through the futures
             results, launches = [Failure(exc)] * len(group), []
         seconds = time.perf_counter() - start
-        cost = cost()  # (None: the platform's cost timer failed)
-        cost = None if cost is None else min(cost, seconds)  # (timers read apart)
-        if self._observe is not None and not any(isinstance(r, Failure) for r in results):
-            self._observe(tasks, n_calls, seconds, cost)
+        try:
+            cost = None if cost is None else min(cost(), seconds)  # (timers read apart)
+        except Exception:
+            cost = None
+        if self._observe is not None:
+            for result in results:
+                if isinstance(result, Failure):
+                    break
+            else:
+                self._observe(tasks, n_calls, seconds, cost)
         # fused launches say how the launch size pays; without any, the whole batch does
-        for calls, launch_seconds in launches or [(n_calls, elapsed())]:
-            self.sizer.record(calls, launch_seconds)
+        for calls, launch_seconds in launches:
+            sizer.record(calls, launch_seconds)
+        if not launches and elapsed is not None:
+            sizer.record(n_calls, elapsed())
         return results, seconds, cost
 
     def _broken(self, cause, why):
@@ -359,9 +382,19 @@ class CallbackThread(_QueueThread):
     its results over and goes on with its queue instead of waiting on the caller's
     locks (joblib's callback takes the Parallel call's lock and dispatches more work)."""
 
-    def call(self, function, argument):
-        """Run ``function(argument)`` on the callback thread."""
-        self._put((function, argument))
+    def __init__(self, name):
+        super().__init__(name)
+        self.accepting = True  # False once its pool is shut down, until it starts again
+
+    def deliver(self, function, argument):
+        """Run ``function(argument)`` on the callback thread; in the calling thread once
+        no longer ``accepting`` (a call that outlived an abort: there is no callback
+        thread to start again)."""
+        if not self.accepting:
+            function(argument)
+            return
+        with self._lock:
+            self._put_holding_lock((function, argument))
 
     def _run(self, items):
         while True:
@@ -369,15 +402,19 @@ class CallbackThread(_QueueThread):
             if item is _STOP:
                 return
             function, argument = item
-            _report_errors(function, argument)  # and keep serving the other callbacks
+            try:
+                function(argument)
+            except BaseException:  # reported; and keep serving the other callbacks
+                _report_error()
             del item, function, argument  # keep nothing alive while idle
 
 
-def _report_errors(function, argument):
-    """``function(argument)``, its error reported as a thread's uncaught error is (the
-    thread goes on: nothing queued to it may be left waiting)."""
-    try:
-        function(argument)
-    except BaseException:
-        threading.excepthook(threading.ExceptHookArgs(
-            (*sys.exc_info(), threading.current_thread())))
+def _call(function, argument):
+    function(argument)
+
+
+def _report_error():
+    """Report the error being handled as a thread's uncaught error is (the thread goes
+    on: nothing queued to it may be left waiting)."""
+    threading.excepthook(threading.ExceptHookArgs(
+        (*sys.exc_info(), threading.current_thread())))

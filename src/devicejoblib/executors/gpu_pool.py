@@ -68,14 +68,13 @@ class GPUPool(Executor):
         self._reroute = reroute
         self.lost = {}  # device id -> the BrokenDeviceError that took it out
         self._abandoned_any = False  # whether an abort left a call running
-        self._accepting = True  # False once shut down, until start()
         self._callbacks = CallbackThread("devicejoblib-callbacks")
         self._host_limits = contextlib.ExitStack()
         self.workers = {}
         for device in self.devices:
             self.workers[device.id] = GPUWorker(
                 device, execute_for(device), sizers[device.id],
-                self._per_platform[device.platform],
+                self._per_platform[device.platform], deliver=self._callbacks.deliver,
                 rescue=functools.partial(_rescue, weakref.ref(self), device.id),
                 observe=observe and functools.partial(observe, device),
                 on_exit=on_thread_exit)
@@ -94,7 +93,7 @@ class GPUPool(Executor):
 
     def start(self):
         """A ``Parallel`` call starts: accept parts, hold the kernels' resident state."""
-        self._accepting = True
+        self._callbacks.accepting = True
         self._resident.acquire()
 
     def limit_host_threads(self):
@@ -119,7 +118,7 @@ class GPUPool(Executor):
     def shutdown(self, wait=True):
         """Stop the worker threads (they start again with the next part) and let go of
         the resident state; wait for them unless ``wait=False``."""
-        self._accepting = False
+        self._callbacks.accepting = False
         _stop_all([*self.workers.values(), self._callbacks], wait)
         self._resident.release()
         self._host_limits.close()
@@ -144,19 +143,13 @@ class GPUPool(Executor):
 
     def submit(self, target, batch, on_done=None, whole=None):
         worker = self.workers[target.route]
-        return worker.submit(GPUTask(batch, worker.device), self._handing_over(on_done))
+        return worker.submit(GPUTask(batch, worker.device), on_done)
 
     def hand_over(self, on_done, future):
         """Run ``on_done(future)`` on the callback thread (never in a thread that
         dispatches: joblib's callback takes the lock such a thread holds). A call that
         outlived an abort: in this thread, there is no callback thread to start again."""
-        if self._accepting:
-            self._callbacks.call(on_done, future)
-        else:
-            on_done(future)
-
-    def _handing_over(self, on_done):
-        return None if on_done is None else functools.partial(self.hand_over, on_done)
+        self._callbacks.deliver(on_done, future)
 
     def run(self, batch):
         """Run every call of ``batch`` on the least loaded live GPU and wait:
@@ -196,7 +189,7 @@ class GPUPool(Executor):
             except BaseException as exc:
                 future.set_exception(exc)
             if on_done is not None:
-                on_done(future)
+                self.hand_over(on_done, future)
 
         rerouted.add_done_callback(forward)
 
@@ -221,7 +214,9 @@ def _rescue(pool_ref, device_id, error, task, future, on_done, done=()):
     except BaseException as exc:
         if not future.done():
             future.set_exception(exc)
-            if on_done is not None:
+            if on_done is not None and pool is not None:
+                pool.hand_over(on_done, future)
+            elif on_done is not None:
                 on_done(future)
 
 

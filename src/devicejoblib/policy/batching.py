@@ -215,6 +215,11 @@ class GPUBatchSizer:
         """The most bytes a call moved so far (stacked arguments and results)."""
         self.bytes_per_call = max(self.bytes_per_call, bytes_per_call)
 
+    def measures(self, n_calls):
+        """Whether a batch of ``n_calls`` would tell :meth:`record` anything (worth
+        timing)."""
+        return self.fixed is None and not self.settled and n_calls >= self.size
+
     def record(self, n_calls, seconds):
         """Account for a batch of ``n_calls`` that took ``seconds`` on the device."""
         if self.fixed is not None or self.settled:

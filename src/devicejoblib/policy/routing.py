@@ -93,16 +93,19 @@ class Router:
         self.cpu_slots = 1  # CPU calls at once: learned placement divides its queue by it
         self.cpu_route = CPU_PROCESSES
         self._targets = {}  # route -> its Target, for parts placed by rule
+        self._rules = {}  # id(function) -> (function, targets): see _by_rule
 
     def start_call(self, cpu_route, cpu_slots):
         """A ``Parallel`` call starts: where its CPU calls go, how many run at once."""
+        if cpu_route != self.cpu_route:
+            self._rules = {}
         self.cpu_route, self.cpu_slots = cpu_route, cpu_slots
 
     def lose(self, device_id, error):
         """Route no more calls to ``device_id``: its worker cannot go on (``error``)."""
         if device_id not in self.lost:
             self.lost = {**self.lost, device_id: error}
-            self._choices = {}
+            self._choices, self._rules = {}, {}
 
     def allowed(self, placement):
         """The devices of this router that ``placement`` (a Placement, not anywhere)
@@ -138,11 +141,10 @@ class Router:
         """
         array_types = device_array_types() if self.gpus else ()
         if not array_types:
-            functions = {id(f): f for f, _, _ in items}
-            if len(functions) == 1:
-                function = next(iter(functions.values()))
-                if not auto_kernel(function, self.auto):
-                    return {self.target(function, (), {}): None}
+            function = items[0][0] if items else None
+            if all(f is function for f, _, _ in items) and not auto_kernel(function,
+                                                                         self.auto):
+                return {self._by_rule(function): None}
         groups, by_function, auto = {}, {}, []
         for position, (function, args, kwargs) in enumerate(items):
             if array_types and holds_any(array_types, args, kwargs):
@@ -232,12 +234,34 @@ class Router:
     def target(self, function, args, kwargs):
         """Where one call runs, placed by rule: a GPU, or :data:`CPU_PROCESSES` /
         :data:`CPU_THREADS`."""
-        device = self.route(function, args, kwargs)
+        return self._target_of(self.route(function, args, kwargs), function)
+
+    def _target_of(self, device, function):
         route = self._route_of(device, function)
         target = self._targets.get(route)
         if target is None:
             target = self._targets[route] = Target(route, device.is_gpu)
         return target
+
+    def _by_rule(self, function):
+        """:meth:`target` of a call of ``function`` without device arrays: its
+        capability's answer is kept per function (until a device is lost or the CPU
+        route changes), so that a batch costs a look at the GPUs' loads only (the
+        dispatch hot path: one-call batches, bench_dispatch.py)."""
+        rule = self._rules.get(id(function))
+        if rule is None or rule[0] is not function:
+            gpus, other = self._capability(function, self._allowed_for(function))
+            targets = tuple((d.id, self._target_of(d, function)) for d in gpus or (other,))
+            rule = self._rules[id(function)] = (function, targets)
+        targets = rule[1]
+        if len(targets) == 1:
+            return targets[0][1]
+        load, best, least = self._load, None, None
+        for device_id, target in targets:  # the least loaded; the first of equals
+            pending = load(device_id)
+            if least is None or pending < least:
+                best, least = target, pending
+        return best
 
     def route_one(self, function, args, kwargs):
         """``(device, ledger entry or None)`` for one call run in the caller (n_jobs=1):
@@ -254,7 +278,6 @@ class Router:
 
     def route(self, function, args, kwargs):
         """The device for one call of ``function(*args, **kwargs)``."""
-        is_kernel = type(function) is Kernel
         allowed = self._allowed_for(function)
         if self.gpus and (args or kwargs):
             for value in (*args, *kwargs.values()):
@@ -262,27 +285,35 @@ class Router:
                 if (device is not None and (allowed is None or device in allowed)
                         and device.id not in self.lost):
                     return device
+        gpus, other = self._capability(function, allowed)
+        if gpus:
+            return gpus[0] if len(gpus) == 1 else min(gpus, key=self._load_of)
+        return other
+
+    def _capability(self, function, allowed):
+        """``(GPUs to pick the least loaded from, else the device)`` for a call of
+        ``function`` that ``allowed`` devices may run (None: any), by capability; kept
+        per (allowed, implementations). Raises or warns where no device fits."""
+        is_kernel = type(function) is Kernel
         has_gpu = is_kernel and function.has_gpu
         has_cpu = not is_kernel or function.has_cpu
         key = (id(allowed), has_gpu, has_cpu)  # allowed tuples live as long as the router
         choice = self._choices.get(key)
         if choice is None:
             choice = self._choices[key] = self._choose(allowed, has_gpu, has_cpu, function)
-        gpus, other = choice
-        if gpus:
-            return gpus[0] if len(gpus) == 1 else min(gpus, key=self._load_of)
-        if not has_cpu:
+        if not choice[0] and not has_cpu:
             has = ", ".join(str(d) for d in (allowed or self.devices))
             raise DeviceUnavailableError(
-                f"kernel {function.__qualname__!r} has only a GPU implementation and no GPU "
-                f"to run on: the devices its calls may use are {has} (give the backend a "
-                "GPU, or DEVICEJOBLIB_SIMULATE_GPUS to simulate one)")
-        if has_gpu and allowed is None and not self.gpus and not _machine_has_gpu():
+                f"kernel {function.__qualname__!r} has only a GPU implementation and no "
+                f"GPU to run on: the devices its calls may use are {has} (give the "
+                "backend a GPU, or DEVICEJOBLIB_SIMULATE_GPUS to simulate one)")
+        if (not choice[0] and has_gpu and allowed is None and not self.gpus
+                and not _machine_has_gpu()):
             warn_once(f"kernel {function.__qualname__!r} has a GPU implementation but this "
                       "machine has no GPU: its calls run on the CPU (set placement='gpu' to "
                       "make this an error, or DEVICEJOBLIB_SIMULATE_GPUS to simulate GPUs)",
                       RuntimeWarning)
-        return other
+        return choice
 
     def _choose(self, allowed, has_gpu, has_cpu, function):
         """``(GPUs to pick the least loaded from, else the device)`` by capability."""

@@ -66,7 +66,7 @@ def run_calls(calls, device, keep_on_device=False, max_fused=None, on_out_of_mem
     """
     runs = device.platform.runs
     if not has_batched_form(calls, runs):
-        return Ran(_run_one_by_one(calls, device, keep_on_device, should_stop, cpu_fallback))
+        return Ran(run_one_by_one(calls, device, keep_on_device, should_stop, cpu_fallback))
     ran = Ran([None] * len(calls))
     results = ran.results
     pending = plan(calls, runs, max_fused)
@@ -93,7 +93,9 @@ def run_calls(calls, device, keep_on_device=False, max_fused=None, on_out_of_mem
     return ran
 
 
-def _run_one_by_one(calls, device, keep_on_device, should_stop, cpu_fallback=None):
+def run_one_by_one(calls, device, keep_on_device, should_stop, cpu_fallback=None):
+    """Run ``calls`` unfused, in order, stopping at the first that fails or once
+    ``should_stop()``: one result (or :class:`Failure`) per call."""
     results = []
     for call in calls:
         if should_stop is not None and should_stop():

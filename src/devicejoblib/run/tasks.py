@@ -10,22 +10,21 @@ from concurrent.futures import Future
 
 from .._devices import cpu_device
 from .._joblib_adapters import applied_config, nested_config, nested_config_key
-from .fusion import Failure, Lost, has_batched_form, run_calls
+from .fusion import Failure, Lost, Ran, has_batched_form, run_calls, run_one_by_one
 
 
 class GPUTask:
     """The part of a joblib batch that one GPU runs. Fusable tasks (some kernel has a
     batched form for the GPU) with the same ``config`` (joblib's nested backend) may
-    run together."""
+    run together (an unfusable task runs alone: its ``config`` is None)."""
 
-    __slots__ = ("batch", "config", "fusable", "n_calls", "nested")
+    __slots__ = ("batch", "config", "fusable", "n_calls")
 
     def __init__(self, batch, device):
         self.batch = batch
         self.n_calls = len(batch.items)
-        self.nested = nested_config(batch)
-        self.config = nested_config_key(batch)
         self.fusable = has_batched_form(batch.items, device.platform.runs)
+        self.config = nested_config_key(batch) if self.fusable else None
 
     @property
     def items(self):
@@ -37,11 +36,15 @@ def execute_gpu(device, keep_on_device, sizer, tasks, should_stop=None, cpu_fall
     allow (at most the sizer's batch size per launch). A :class:`Ran` with one result
     list (or the first call's :class:`Failure`) per task."""
     calls = tasks[0].items if len(tasks) == 1 else [c for task in tasks for c in task.items]
-    sizer.expect(calls)
-    with applied_config(tasks[0].nested):
-        ran = run_calls(calls, device, keep_on_device, sizer.size,
-                        on_out_of_memory=sizer.out_of_memory, should_stop=should_stop,
-                        cpu_fallback=cpu_fallback)
+    with applied_config(nested_config(tasks[0].batch)):
+        if tasks[0].fusable:  # (a group is fusable tasks, or one unfusable task)
+            sizer.expect(calls)
+            ran = run_calls(calls, device, keep_on_device, sizer.size,
+                            on_out_of_memory=sizer.out_of_memory, should_stop=should_stop,
+                            cpu_fallback=cpu_fallback)
+        else:  # no launch to size
+            ran = Ran(run_one_by_one(calls, device, keep_on_device, should_stop,
+                                     cpu_fallback))
     lost = device.platform.is_device_lost
     per_task, start = [], 0
     for task in tasks:
