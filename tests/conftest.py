@@ -93,6 +93,7 @@ def registry(monkeypatch):
     for registered, before in zip((_platforms._PLATFORMS, arrays.REGISTERED), saved):
         registered.clear()
         registered.update(before)
+    arrays.array_types_changed()
 
 
 @pytest.fixture

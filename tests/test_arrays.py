@@ -17,6 +17,7 @@ from devicejoblib import (
     register_array_library,
     simulate_gpus,
 )
+from devicejoblib.arrays import device_array_types
 from devicejoblib.arrays.base import ArrayLibrary as BaseLibrary
 from test_platforms import FakeAccelerator
 
@@ -112,6 +113,33 @@ def test_a_librarys_array_sends_its_call_to_the_device_it_lives_on(no_gpu, tagge
     out = Parallel(n_jobs=2, backend=DeviceBackend())(
         [delayed(where)(on_second)] * 6 + [delayed(where)(1)])
     assert out[:6] == ["xpu:1"] * 6
+
+
+class Late(np.ndarray):
+    home = None
+
+
+class LateLibrary(TaggedLibrary):
+    """A library whose device arrays can appear without a module being imported."""
+
+    name = "late"
+    made = False
+
+    def array_types(self):
+        return (Late,) if self.made else ()
+
+
+def test_a_library_says_when_its_arrays_may_have_appeared(no_gpu, tagged):
+    late = register_array_library(LateLibrary())
+    on_second = np.ones(2).view(Late)
+    on_second.home = "xpu:1"
+    Parallel(n_jobs=2, backend=DeviceBackend())(delayed(where)(i) for i in range(4))
+    late.made = True
+    # (routing asks the libraries again only once told, or after a module's import)
+    assert Late not in device_array_types()
+    devicejoblib.array_types_changed()
+    out = Parallel(n_jobs=2, backend=DeviceBackend())([delayed(where)(on_second)] * 6)
+    assert out == ["xpu:1"] * 6
 
 
 class ListsTwo(BaseLibrary):

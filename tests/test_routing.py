@@ -6,7 +6,7 @@ import pytest
 
 from device_kernels import cpu_only, gpu_only, plain_where, scale
 from devicejoblib import DeviceUnavailableError
-from devicejoblib.policy.routing import Router
+from devicejoblib.policy.routing import CPU_PROCESSES, CPU_THREADS, Router
 from devicejoblib.run.fusion import to_host
 
 
@@ -96,3 +96,21 @@ def test_a_kind_wide_placement_means_the_backends_devices_of_that_kind(two_gpus)
     router = Router([two_gpus[0], two_gpus[2]], placement="gpu")  # the CPU and cuda:1
     assert [d.id for d in router.default_allowed] == ["cuda:1"]
     assert route(router, plain_where, 1) == "cuda:1"
+
+
+def test_a_batch_of_one_function_goes_where_the_rule_says_as_loads_and_routes_change(two_gpus):
+    loads = {"cuda:0": 0, "cuda:1": 0}
+    router = Router(two_gpus, load=loads.get)
+
+    def split(function, n=3):
+        parts = router.split([(function, (i,), {}) for i in range(n)])
+        return [(target.route, positions) for target, positions in parts.items()]
+
+    assert split(scale) == [("cuda:0", None)]
+    loads["cuda:0"] = 5  # the least loaded GPU, batch by batch
+    assert split(scale) == [("cuda:1", None)]
+    assert split(plain_where) == [(CPU_PROCESSES, None)]
+    router.start_call(CPU_THREADS, 2)  # prefer="threads": the CPU route changes
+    assert split(plain_where) == [(CPU_THREADS, None)]
+    router.lose("cuda:1", RuntimeError("gone"))
+    assert split(scale) == [("cuda:0", None)]  # a lost GPU gets no more batches

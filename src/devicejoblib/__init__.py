@@ -33,7 +33,13 @@ from ._platforms.simulated import SimulatedDeviceLost, SimulatedOutOfMemory
 from ._safe_import import USE_JOBLIB, Parallel, cpu_count, delayed, parallel_config
 from ._specs import parse_devices
 from ._version import __version__
-from .arrays import ArrayLibrary, array_libraries, get_array_library, register_array_library
+from .arrays import (
+    ArrayLibrary,
+    array_libraries,
+    array_types_changed,
+    get_array_library,
+    register_array_library,
+)
 
 _LAZY = {"DeviceBackend": "._backend", "SimulatedDeviceArray": "._platforms.simulated_arrays",
          "simulated_cluster": ".testing", "testing": ".testing"}
@@ -86,6 +92,7 @@ __all__ = [
     "__version__",
     "array_libraries",
     "array_module",
+    "array_types_changed",
     "cpu_count",
     "current_device",
     "delayed",

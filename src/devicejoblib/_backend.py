@@ -273,7 +273,8 @@ class DeviceBackend(ParallelBackendBase):
         # be lost and the batch never completed: errors become the batch's outcome.
         if self._call.aborted:  # a batch dispatched while the call aborts: start nothing
             return self._failed(CancelledError("the Parallel call was aborted"), callback)
-        self._check_lost()
+        if self.gpus.abandoned_any:  # (only an abort can leave a call that never returns)
+            self._check_lost()
         try:
             return self._dispatch(func, func.items, callback)
         except BaseException as exc:

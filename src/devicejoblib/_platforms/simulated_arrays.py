@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..arrays import array_types_changed
+
 kept_any = False  # whether a simulated GPU kept an array: routing then looks for them
 
 
@@ -24,7 +26,9 @@ class SimulatedDeviceArray(np.ndarray):
     def kept(cls, array, device_id):
         """``array`` kept on the simulated GPU ``device_id``."""
         global kept_any
-        kept_any = True
+        if not kept_any:
+            kept_any = True
+            array_types_changed()
         out = array.view(cls)
         out.device_id = device_id
         return out

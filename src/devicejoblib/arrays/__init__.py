@@ -8,6 +8,7 @@ every registered library of its kind. Adding PyTorch or JAX is one
 
 from __future__ import annotations
 
+import sys
 import threading
 
 from .base import REGISTERED, ArrayLibrary
@@ -16,6 +17,8 @@ from .numba_library import NumbaLibrary
 from .numpy_library import NumPyLibrary
 
 _lock = threading.Lock()
+_changes = 0  # bumped where the device array types may have changed
+_found = ((None, None), ())  # ((len(sys.modules), _changes) when asked, the types)
 
 
 def register_array_library(library):
@@ -48,6 +51,7 @@ def register_array_library(library):
         raise ValueError(f"Invalid array library {library!r}: name and serves must be set")
     with _lock:
         REGISTERED[library.name] = library
+    array_types_changed()
     return library
 
 
@@ -71,11 +75,6 @@ def get_array_library(name):
                          f"{', '.join(map(repr, REGISTERED))}") from None
 
 
-NUMPY = register_array_library(NumPyLibrary())
-register_array_library(CuPyLibrary())
-register_array_library(NumbaLibrary())
-
-
 def library_of(value):
     """The library whose device array ``value`` is, or None (a host value)."""
     for library in REGISTERED.values():
@@ -87,11 +86,28 @@ def library_of(value):
 
 def device_array_types():
     """Array types that may live on a device in this process (none before any could
-    exist, so that routing skips looking at arguments)."""
-    types = ()
-    for library in REGISTERED.values():
-        types += library.array_types()
+    exist, so that routing skips looking at arguments).
+
+    The libraries are asked again once a module was imported (their arrays appear with
+    their modules) or :func:`array_types_changed` was called; until then, the answer
+    is kept (routing asks for every batch).
+    """
+    global _found
+    asked, types = _found
+    now = len(sys.modules), _changes
+    if asked != now:
+        types = ()
+        for library in REGISTERED.values():
+            types += library.array_types()
+        _found = now, types  # (a change while asking: ``now`` is stale, asked again)
     return types
+
+
+def array_types_changed():
+    """Have :func:`device_array_types` ask the libraries again: for a library whose
+    device arrays can appear other than by importing a module."""
+    global _changes
+    _changes += 1
 
 
 def home_of(value):
@@ -100,6 +116,10 @@ def home_of(value):
     return None if library is None else library.home_of(value)
 
 
+NUMPY = register_array_library(NumPyLibrary())
+register_array_library(CuPyLibrary())
+register_array_library(NumbaLibrary())
+
 __all__ = [
     "NUMPY",
     "ArrayLibrary",
@@ -107,6 +127,7 @@ __all__ = [
     "NumPyLibrary",
     "NumbaLibrary",
     "array_libraries",
+    "array_types_changed",
     "device_array_types",
     "get_array_library",
     "home_of",

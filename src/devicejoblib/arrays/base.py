@@ -98,7 +98,9 @@ class ArrayLibrary:
 
     def array_types(self):
         """Types of its arrays that live on a device (data affinity); empty until the
-        library is imported, so that routing skips looking at arguments."""
+        library is imported, so that routing skips looking at arguments. Asked again
+        once a module was imported; a library whose arrays can appear otherwise calls
+        :func:`~devicejoblib.arrays.array_types_changed` when they may have."""
         return ()
 
     def home_of(self, value):

@@ -44,17 +44,12 @@ class _QueueThread(abc.ABC):
         self._thread = None
         self._stopping = []  # threads told to stop without waiting, still to be joined
 
-    def _put(self, item):
-        with self._lock:
-            self._put_holding_lock(item)
-
-    def _put_holding_lock(self, item):
-        if self._thread is None:
-            self._queue = queue.SimpleQueue()
-            self._thread = threading.Thread(target=self._run, args=(self._queue,),
-                                            name=self.name, daemon=True)
-            self._thread.start()
-        self._queue.put(item)
+    def _start_thread(self):
+        """A fresh thread on a fresh queue (the caller holds the lock)."""
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, args=(self._queue,),
+                                        name=self.name, daemon=True)
+        self._thread.start()
 
     def stop(self, wait=True, abandoned=True):
         """Stop the thread after what is already queued; wait for it — and, when
@@ -160,7 +155,9 @@ class GPUWorker(_QueueThread):
         with self._lock:  # (one lock a part: the worker thread takes it too)
             self.pending_calls += task.n_calls
             self._queued[future] = (task.n_calls, on_done)
-            self._put_holding_lock((task, future, on_done))
+            if self._thread is None:
+                self._start_thread()
+            self._queue.put((task, future, on_done))
         return future
 
     # --- the caller's thread: aborts and stuck calls ----------------------------------------
@@ -394,7 +391,9 @@ class CallbackThread(_QueueThread):
             function(argument)
             return
         with self._lock:
-            self._put_holding_lock((function, argument))
+            if self._thread is None:
+                self._start_thread()
+            self._queue.put((function, argument))
 
     def _run(self, items):
         while True:

@@ -67,7 +67,7 @@ class GPUPool(Executor):
         self._per_platform = collections.Counter(d.platform for d in self.devices)
         self._reroute = reroute
         self.lost = {}  # device id -> the BrokenDeviceError that took it out
-        self._abandoned_any = False  # whether an abort left a call running
+        self.abandoned_any = False  # whether an abort left a call running
         self._callbacks = CallbackThread("devicejoblib-callbacks")
         self._host_limits = contextlib.ExitStack()
         self.workers = {}
@@ -113,7 +113,7 @@ class GPUPool(Executor):
         for worker in self.workers.values():
             worker.cancel_pending()
             worker.abandon_running(patience)
-        self._abandoned_any = bool(self.workers)
+        self.abandoned_any = bool(self.workers)
 
     def shutdown(self, wait=True):
         """Stop the worker threads (they start again with the next part) and let go of
@@ -129,7 +129,7 @@ class GPUPool(Executor):
         """``{device id: error}`` of the devices found lost since the last look: a call
         left running by a timeout outlived as long again (checked for every batch
         once an abort left a call running)."""
-        if not self._abandoned_any:
+        if not self.abandoned_any:
             return {}
         found = {}
         for device_id, worker in self.workers.items():

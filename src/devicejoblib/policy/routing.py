@@ -31,6 +31,11 @@ from .placement import AutoPlacer, auto_kernel, device_model, footprint, kernel_
 _PLACER_MADE = threading.Lock()  # a Router's AutoPlacer is made once
 
 
+def _holds_device_arrays(types, items):
+    """Whether a call among ``items`` has an argument of ``types``."""
+    return any(holds_any(types, args, kwargs) for _, args, kwargs in items)
+
+
 def holds_any(types, args, kwargs):
     """Whether a call's arguments include an instance of ``types``."""
     for value in args:
@@ -140,11 +145,12 @@ class Router:
         maps to ``{target: None}``.
         """
         array_types = device_array_types() if self.gpus else ()
-        if not array_types:
-            function = items[0][0] if items else None
-            if all(f is function for f, _, _ in items) and not auto_kernel(function,
-                                                                         self.auto):
-                return {self._by_rule(function): None}
+        function = items[0][0] if items else None
+        if items and (len(items) == 1 or all(f is function for f, _, _ in items)) and (
+                not array_types or not _holds_device_arrays(array_types, items)):
+            target = self._by_rule(function)
+            if target is not None:
+                return {target: None}
         groups, by_function, auto = {}, {}, []
         for position, (function, args, kwargs) in enumerate(items):
             if array_types and holds_any(array_types, args, kwargs):
@@ -155,7 +161,7 @@ class Router:
             else:
                 target = by_function.get(id(function))
                 if target is None:
-                    target = by_function[id(function)] = self.target(function, (), {})
+                    target = by_function[id(function)] = self._by_rule(function)
             groups.setdefault(target, []).append(position)
         if auto:
             self._place_auto(items, auto, groups, ledger)
@@ -244,18 +250,21 @@ class Router:
         return target
 
     def _by_rule(self, function):
-        """:meth:`target` of a call of ``function`` without device arrays: its
-        capability's answer is kept per function (until a device is lost or the CPU
-        route changes), so that a batch costs a look at the GPUs' loads only (the
-        dispatch hot path: one-call batches, bench_dispatch.py)."""
+        """:meth:`target` of a call of ``function`` without device arrays, or None for
+        an auto kernel's (placed by the cost model). Its capability's answer is kept
+        per function (until a device is lost or the CPU route changes): a batch costs a
+        look at the GPUs' loads only (the dispatch hot path, bench_dispatch.py)."""
         rule = self._rules.get(id(function))
         if rule is None or rule[0] is not function:
-            gpus, other = self._capability(function, self._allowed_for(function))
-            targets = tuple((d.id, self._target_of(d, function)) for d in gpus or (other,))
+            targets = None
+            if not auto_kernel(function, self.auto):
+                gpus, other = self._capability(function, self._allowed_for(function))
+                targets = tuple((d.id, self._target_of(d, function))
+                                for d in gpus or (other,))
             rule = self._rules[id(function)] = (function, targets)
         targets = rule[1]
-        if len(targets) == 1:
-            return targets[0][1]
+        if targets is None or len(targets) == 1:
+            return targets and targets[0][1]
         load, best, least = self._load, None, None
         for device_id, target in targets:  # the least loaded; the first of equals
             pending = load(device_id)

@@ -18,17 +18,14 @@ class GPUTask:
     batched form for the GPU) with the same ``config`` (joblib's nested backend) may
     run together (an unfusable task runs alone: its ``config`` is None)."""
 
-    __slots__ = ("batch", "config", "fusable", "n_calls")
+    __slots__ = ("batch", "config", "fusable", "items", "n_calls")
 
     def __init__(self, batch, device):
         self.batch = batch
-        self.n_calls = len(batch.items)
-        self.fusable = has_batched_form(batch.items, device.platform.runs)
+        self.items = batch.items
+        self.n_calls = len(self.items)
+        self.fusable = has_batched_form(self.items, device.platform.runs)
         self.config = nested_config_key(batch) if self.fusable else None
-
-    @property
-    def items(self):
-        return self.batch.items
 
 
 def execute_gpu(device, keep_on_device, sizer, tasks, should_stop=None, cpu_fallback=None):
