@@ -309,7 +309,7 @@ class GPUWorker(_QueueThread):
             cost = device.platform.start_cost_timer(device)
         except Exception:
             cost = None
-        tasks = [task for task, _, _ in group]
+        tasks = [group[0][0]] if len(group) == 1 else [task for task, _, _ in group]
         try:
             if broken is not None:
                 raise self._broken(broken, "binding it to the device failed")

@@ -110,6 +110,8 @@ def remember_launch_sizes(sizers):
     process learnt; an unwritable model file is a warning. A size a cap of this process
     held (its ``max_batch_size``, its memory) does not replace a larger one learnt."""
     settled = [s for s in sizers if s.settled and s.settled_for]
+    if not settled and not _models:
+        return  # nothing loaded, nothing learnt (and the path not even looked up)
     model = _models.get(model_path())
     if model is None and not settled:
         return  # nothing loaded, nothing learnt

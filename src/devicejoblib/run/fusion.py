@@ -151,7 +151,10 @@ def run_one(call, device, keep_on_device, retry=True, cpu_fallback=None):
     platform = device.platform
     try:
         platform.simulate_launch(device, (*args, *kwargs.values()))
-        return to_host(function(*args, **kwargs), device, keep_on_device)
+        # (a kernel straight to its implementation for the device this thread is bound to)
+        result = (function.run_on(device, args, kwargs) if type(function) is Kernel
+                  else function(*args, **kwargs))
+        return to_host(result, device, keep_on_device)
     except Exception as exc:
         oom = platform.is_out_of_memory(exc)
         to_cpu = oom and not retry and cpu_fallback is not None and cpu_fallback(function)
