@@ -15,8 +15,8 @@ def on_device(device, array):
 
 
 def route(router, function, *args, load=None, **kwargs):
-    if load is not None:
-        router = Router(router.devices, load=load)
+    if load is not None:  # {GPU id: calls pending}
+        router = Router(router.devices, loads={k: (lambda v=v: v) for k, v in load.items()})
     return router.route(function, args, kwargs).id
 
 
@@ -30,13 +30,13 @@ def test_capability(two_gpus):
 
 def test_capability_spreads_over_the_least_loaded_gpu(two_gpus):
     router = Router(two_gpus)
-    assert route(router, scale, 1, load={"cuda:0": 3, "cuda:1": 1}.get) == "cuda:1"
+    assert route(router, scale, 1, load={"cuda:0": 3, "cuda:1": 1}) == "cuda:1"
 
 
 def test_affinity_beats_capability_and_load(two_gpus):
     router = Router(two_gpus)
     x = on_device(two_gpus[2], np.ones(3))
-    busy_second = {"cuda:0": 0, "cuda:1": 99}.get
+    busy_second = {"cuda:0": 0, "cuda:1": 99}
     assert route(router, scale, x, load=busy_second) == "cuda:1"
     assert route(router, plain_where, x) == "cuda:1"
     assert route(router, scale, 1, factor=x) == "cuda:1"
@@ -100,7 +100,7 @@ def test_a_kind_wide_placement_means_the_backends_devices_of_that_kind(two_gpus)
 
 def test_a_batch_of_one_function_goes_where_the_rule_says_as_loads_and_routes_change(two_gpus):
     loads = {"cuda:0": 0, "cuda:1": 0}
-    router = Router(two_gpus, load=loads.get)
+    router = Router(two_gpus, loads={gpu: lambda gpu=gpu: loads[gpu] for gpu in loads})
 
     def split(function, n=3):
         parts = router.split([(function, (i,), {}) for i in range(n)])

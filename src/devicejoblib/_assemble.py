@@ -25,12 +25,11 @@ from .run.tasks import execute_gpu
 def local_parts(config, batching, trace=None, reroute=None):
     """``(router, GPU pool)`` of a backend on this machine (``config``: its
     BackendConfig)."""
-    workers = {}  # (the router's load reads the workers: no cycle through the backend)
-    router = Router(config.devices, config.placement, model=get_model,
-                    load=lambda device_id: workers[device_id].load())
+    loads = {}  # (the router reads the workers' loads: no cycle through the backend)
+    router = Router(config.devices, config.placement, model=get_model, loads=loads)
     pool = make_gpu_pool(router.gpus, batching, config.keep_on_device, router.cpu_allowed,
                          reroute, GPUObserver(router, trace))
-    workers.update(pool.workers)
+    loads.update({device_id: worker.load for device_id, worker in pool.workers.items()})
     return router, pool
 
 

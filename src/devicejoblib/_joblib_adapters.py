@@ -30,7 +30,6 @@ __all__ = [
     "cpu_n_jobs",
     "known_total",
     "make_loky",
-    "nested_config",
     "nested_config_key",
     "sequential_backend",
     "sub_batch",
@@ -73,30 +72,25 @@ def cpu_auto_batching(nesting_level=None):
     return LokyBackend(nesting_level=nesting_level)
 
 
-def nested_config(batch):
-    """The ``parallel_config`` keyword arguments a batch's calls run under (what
-    ``BatchedCalls.__call__`` sets for nested Parallel calls)."""
-    return {"backend": batch._backend, "n_jobs": batch._n_jobs}
-
-
 class applied_config:
-    """``with applied_config(nested_config(batch)):`` what ``parallel_config(**nested)``
-    sets, written straight into joblib's thread-local configuration.
+    """``with applied_config(batch):`` the configuration a joblib batch's calls run
+    under (what ``BatchedCalls.__call__`` sets for nested Parallel calls: its backend
+    and ``n_jobs``), written straight into joblib's thread-local configuration.
 
     For a backend instance and ``n_jobs``, ``parallel_config`` only copies the current
     configuration with those two replaced; its validation, paid for every batch, was the
     largest cost of a one-call batch on a GPU worker (bench_dispatch.py).
     """
 
-    __slots__ = ("_nested", "_old")
+    __slots__ = ("_batch", "_old")
 
-    def __init__(self, nested):
-        self._nested = nested
+    def __init__(self, batch):
+        self._batch = batch
 
     def __enter__(self):
-        local = _joblib_parallel._backend
+        local, batch = _joblib_parallel._backend, self._batch
         self._old = getattr(local, "config", _joblib_parallel.default_parallel_config)
-        local.config = {**self._old, **self._nested}
+        local.config = {**self._old, "backend": batch._backend, "n_jobs": batch._n_jobs}
         return self
 
     def __exit__(self, *exc_info):

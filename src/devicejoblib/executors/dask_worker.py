@@ -16,7 +16,7 @@ import time
 from distributed import WorkerPlugin, get_worker
 
 from .._errors import GPUWorkerLostError
-from .._joblib_adapters import applied_config, nested_config
+from .._joblib_adapters import applied_config
 from .._platforms import HOST
 from ..run.fusion import add_note, describe, has_batched_form
 from ..run.tasks import FusedCPUBatch
@@ -101,7 +101,7 @@ def _one_by_one(batch):
     """The calls of ``batch`` in order, under its nested joblib configuration, as
     ``BatchedCalls`` runs them, an error naming its call."""
     results = []
-    with applied_config(nested_config(batch)):
+    with applied_config(batch):
         for function, args, kwargs in batch.items:
             try:
                 results.append(function(*args, **kwargs))

@@ -248,7 +248,10 @@ class GPUWorker(_QueueThread):
         with self._lock:
             for _, future, _ in group:
                 self._queued.pop(future, None)
-            started = [item for item in group if item[1].set_running_or_notify_cancel()]
+            started = []
+            for item in group:
+                if item[1].set_running_or_notify_cancel():
+                    started.append(item)
             if started:
                 self._busy.add(thread)
         return started

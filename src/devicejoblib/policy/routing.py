@@ -61,6 +61,10 @@ class Target(NamedTuple):
         return "rule" if self.key is None else "auto"
 
 
+def _no_load():
+    return 0
+
+
 def _machine_has_gpu():
     return any(d.is_gpu for d in devices())
 
@@ -74,19 +78,20 @@ class Router:
         The backend's devices; placements are resolved against them.
     placement : Placement or device spec
         Where calls may run unless a kernel is pinned with ``.on()``.
-    load : callable, optional
-        ``load(gpu_id)``: the calls pending on that GPU (default: none).
+    loads : mapping, optional
+        GPU id -> a function giving the calls pending on that GPU (default: none; read
+        as calls are routed, so it may be filled after the router is made).
     model : callable, optional
         Gives the cost model learned placement uses, when a call is first placed
         ``"auto"`` (default: none, and an auto kernel is routed by capability).
     """
 
-    def __init__(self, devices, placement=ANYWHERE, load=None, model=None):
+    def __init__(self, devices, placement=ANYWHERE, loads=None, model=None):
         self.devices = tuple(devices)
         self.gpus = tuple(d for d in self.devices if d.is_gpu)
         self.cpu = next((d for d in self.devices if not d.is_gpu), None)
         self._by_id = {d.id: d for d in self.devices}
-        self._load = load or (lambda device_id: 0)
+        self._loads = {} if loads is None else loads
         self._model = model
         self._allowed_cache = {}
         placement = Placement.parse(placement)
@@ -259,15 +264,15 @@ class Router:
             targets = None
             if not auto_kernel(function, self.auto):
                 gpus, other = self._capability(function, self._allowed_for(function))
-                targets = tuple((d.id, self._target_of(d, function))
+                targets = tuple((self._loads.get(d.id, _no_load), self._target_of(d, function))
                                 for d in gpus or (other,))
             rule = self._rules[id(function)] = (function, targets)
         targets = rule[1]
         if targets is None or len(targets) == 1:
             return targets and targets[0][1]
-        load, best, least = self._load, None, None
-        for device_id, target in targets:  # the least loaded; the first of equals
-            pending = load(device_id)
+        best, least = None, None
+        for load, target in targets:  # the least loaded; the first of equals
+            pending = load()
             if least is None or pending < least:
                 best, least = target, pending
         return best
@@ -345,4 +350,4 @@ class Router:
             f"no device left to run {name}: " + "; ".join(map(str, errors))) from errors[-1]
 
     def _load_of(self, device):
-        return self._load(device.id)
+        return self._loads.get(device.id, _no_load)()

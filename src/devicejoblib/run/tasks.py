@@ -9,7 +9,7 @@ import time
 from concurrent.futures import Future
 
 from .._devices import cpu_device
-from .._joblib_adapters import applied_config, nested_config, nested_config_key
+from .._joblib_adapters import applied_config, nested_config_key
 from .fusion import Failure, Lost, Ran, has_batched_form, run_calls, run_one_by_one
 
 
@@ -33,7 +33,7 @@ def execute_gpu(device, keep_on_device, sizer, tasks, should_stop=None, cpu_fall
     allow (at most the sizer's batch size per launch). A :class:`Ran` with one result
     list (or the first call's :class:`Failure`) per task."""
     calls = tasks[0].items if len(tasks) == 1 else [c for task in tasks for c in task.items]
-    with applied_config(nested_config(tasks[0].batch)):
+    with applied_config(tasks[0].batch):
         if tasks[0].fusable:  # (a group is fusable tasks, or one unfusable task)
             sizer.expect(calls)
             ran = run_calls(calls, device, keep_on_device, sizer.size,
@@ -70,7 +70,7 @@ class FusedCPUBatch:
         return len(self.batch)
 
     def __call__(self):
-        with applied_config(nested_config(self.batch)):
+        with applied_config(self.batch):
             results = run_calls(self.batch.items, cpu_device()).results
         for result in results:
             if type(result) is Failure:
