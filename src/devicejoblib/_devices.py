@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from . import _platforms
 from ._errors import DeviceDiscoveryWarning
 from ._platforms import HOST, Platform, get_platform
+from ._platforms.profiles import load_profile, shipped_profiles
 from ._utils import format_bytes, is_whole, parse_bytes, warn_once
 
 #: The Dask resource a worker declares to say it has a GPU (``resources={"GPU": 1}``).
@@ -25,6 +26,8 @@ SIMULATE_GPUS_ENV = "DEVICEJOBLIB_SIMULATE_GPUS"
 SIMULATED_MEMORY_ENV = "DEVICEJOBLIB_SIMULATED_MEMORY"
 SIMULATED_LATENCY_ENV = "DEVICEJOBLIB_SIMULATED_LAUNCH_LATENCY"
 SIMULATED_LOSS_ENV = "DEVICEJOBLIB_SIMULATED_LOSS"
+SIMULATED_STRICT_ENV = "DEVICEJOBLIB_SIMULATED_STRICT"
+SIMULATED_PROFILE_ENV = "DEVICEJOBLIB_SIMULATED_PROFILE"
 DEFAULT_SIMULATED_MEMORY = 16 * 2**30
 MAX_SIMULATED_GPUS = 64
 
@@ -62,6 +65,12 @@ class Device:
         What found the device: an array library for CUDA GPUs (``"cupy"``, or
         ``"numba"`` where CuPy is missing), which is also the default library of its
         GPU implementations; else the platform's name (``"host"``, ``"simulator"``).
+    strict_arrays : bool
+        Simulated GPUs only: GPU implementations get arrays that refuse what CuPy
+        refuses (``DEVICEJOBLIB_SIMULATED_STRICT``, default on).
+    profile : str
+        Simulated GPUs only: the timing profile they cost their work by (a shipped
+        profile's name or a file's path; ``DEVICEJOBLIB_SIMULATED_PROFILE``), or ``""``.
     """
 
     platform: Platform
@@ -75,6 +84,8 @@ class Device:
     launch_latency: float = 0.0
     lose_after: int | None = None
     provider: str = ""
+    strict_arrays: bool = True
+    profile: str = ""
 
     def __post_init__(self):
         if isinstance(self.platform, str):
@@ -145,8 +156,8 @@ class simulate_gpus:
         Number of simulated GPUs, 0 to ``MAX_SIMULATED_GPUS``; 0 turns simulation off
         and real GPUs are discovered again.
     memory : int or str, optional
-        Memory of each simulated GPU (``"8GiB"``, bytes). Default: 16 GiB, or
-        ``DEVICEJOBLIB_SIMULATED_MEMORY``.
+        Memory of each simulated GPU (``"8GiB"``, bytes). Default:
+        ``DEVICEJOBLIB_SIMULATED_MEMORY``, else the profile's, else 16 GiB.
     launch_latency : float, optional
         Seconds each launch waits (default 0, or
         ``DEVICEJOBLIB_SIMULATED_LAUNCH_LATENCY``), so that batching decisions can be
@@ -155,6 +166,17 @@ class simulate_gpus:
         Fault injection: GPU index -> launches after which each of its worker threads
         finds the device lost (default none, or ``DEVICEJOBLIB_SIMULATED_LOSS``, written
         ``"1:5,0:100"``).
+    strict : bool, optional
+        GPU implementations get arrays that refuse what CuPy refuses (implicit
+        conversion to NumPy, mixing with NumPy arrays or another device's); False hands
+        them NumPy arrays, for code that knowingly relies on NumPy. Default on, or
+        ``DEVICEJOBLIB_SIMULATED_STRICT`` (``0`` turns it off).
+    profile : str, optional
+        A real GPU's timing profile (a shipped profile's name, such as ``"h200"``, or
+        a file ``devicejoblib calibrate`` wrote): each array operation then costs its
+        worker thread the profile's host time, holding the GIL, and the device its
+        device time on a clock of its own. Default none, or
+        ``DEVICEJOBLIB_SIMULATED_PROFILE``.
 
     Examples
     --------
@@ -163,18 +185,23 @@ class simulate_gpus:
     ['cpu', 'cuda:0', 'cuda:1']
     """
 
-    _active = None  # (n, memory, latency) of the innermost call, or None: the environment
+    _active = None  # the settings of the innermost call, or None: the environment
 
-    def __init__(self, n, memory=None, launch_latency=None, lose_after=None):
+    def __init__(self, n, memory=None, launch_latency=None, lose_after=None, strict=None,
+                 profile=None):
         n = _check_gpu_count(n, "simulate_gpus(n)")
-        memory = _simulated_memory() if memory is None else _check_memory(memory, "memory")
+        profile = (_simulated_profile() if profile is None
+                   else _check_profile(profile, "profile"))
+        memory = (_simulated_memory(profile) if memory is None
+                  else _check_memory(memory, "memory"))
         latency = (_simulated_latency() if launch_latency is None
                    else _check_latency(launch_latency, "launch_latency"))
         loss = (_simulated_loss(n) if lose_after is None
                 else _check_loss(lose_after, n, "lose_after"))
+        strict = _simulated_strict() if strict is None else _check_strict(strict, "strict")
         self.n = n
         self._previous = simulate_gpus._active
-        simulate_gpus._active = (n, memory, latency, loss)
+        simulate_gpus._active = (n, memory, latency, loss, strict, profile)
 
     @classmethod
     def unless_real(cls, n=None, default=2):
@@ -195,7 +222,7 @@ class simulate_gpus:
         simulate_gpus._active = self._previous
 
 
-_NO_SIMULATION = (0, 0, 0.0, ())
+_NO_SIMULATION = (0, 0, 0.0, (), True, "")
 _cache: dict[tuple, Discovery] = {}
 _cache_lock = threading.Lock()
 
@@ -262,17 +289,19 @@ def is_available(kind="cuda", simulated=True):
 
 # --- discovery ---------------------------------------------------------------------
 
-def _discover(n_simulated, simulated_memory, latency, loss):
+def _discover(n_simulated, simulated_memory, latency, loss, strict, profile):
     cpu = cpu_device()
     if n_simulated:
         simulated = []
         for platform in (p for p in _platforms.platforms() if p.simulated):
             found, _ = platform.probe(count=n_simulated, memory=simulated_memory,
                                       latency=latency, multiprocessors=cpu.cores,
-                                      lose_after=dict(loss))
+                                      lose_after=dict(loss), strict=strict, profile=profile)
             simulated.extend(Device(platform, **props) for props in found)
-        note = (f"{n_simulated} simulated GPU(s) of {format_bytes(simulated_memory)} each "
-                f"({SIMULATE_GPUS_ENV} or simulate_gpus()); real GPUs are not probed")
+        timing = f"the {profile} profile's timing" if profile else "no timing profile"
+        note = (f"{n_simulated} simulated GPU(s) of {format_bytes(simulated_memory)} each, "
+                f"{timing}, {'strict' if strict else 'NumPy'} arrays ({SIMULATE_GPUS_ENV} "
+                "or simulate_gpus()); real GPUs are not probed")
         return Discovery((cpu, *simulated), (note,))
     gpus, notes, versions = _discover_real()
     return Discovery((cpu, *gpus), tuple(notes), versions)
@@ -334,7 +363,9 @@ def _simulation():
     n = _check_gpu_count(raw, SIMULATE_GPUS_ENV) if raw else 0
     if not n:
         return _NO_SIMULATION
-    return n, _simulated_memory(), _simulated_latency(), _simulated_loss(n)
+    profile = _simulated_profile()
+    return (n, _simulated_memory(profile), _simulated_latency(), _simulated_loss(n),
+            _simulated_strict(), profile)
 
 
 def _check_gpu_count(value, name):
@@ -364,9 +395,47 @@ def _simulated_latency():
     return _check_latency(raw, SIMULATED_LATENCY_ENV) if raw else 0.0
 
 
-def _simulated_memory():
+def _simulated_memory(profile=""):
     raw = os.environ.get(SIMULATED_MEMORY_ENV)
-    return _check_memory(raw, SIMULATED_MEMORY_ENV) if raw else DEFAULT_SIMULATED_MEMORY
+    if raw:
+        return _check_memory(raw, SIMULATED_MEMORY_ENV)
+    return load_profile(profile).memory_bytes if profile else DEFAULT_SIMULATED_MEMORY
+
+
+def _check_strict(value, name):
+    words = {"1": True, "true": True, "on": True, "yes": True,
+             "0": False, "false": False, "off": False, "no": False}
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in words:
+        return words[value.strip().lower()]
+    raise ValueError(f"Invalid {name}={value!r}: expected True or False (in the "
+                     "environment 1/0, true/false, on/off)")
+
+
+def _simulated_strict():
+    raw = os.environ.get(SIMULATED_STRICT_ENV, "").strip()
+    return _check_strict(raw, SIMULATED_STRICT_ENV) if raw else True
+
+
+def _check_profile(value, name):
+    """A profile setting as the string devices carry ("" for none), checked by loading
+    it (a ValueError names the value)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in
+                         ("", "none", "off")):
+        return ""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"Invalid {name}={value!r}: expected a shipped profile's name "
+                         f"({', '.join(shipped_profiles())}) or a profile file's path")
+    try:
+        load_profile(os.fspath(value))
+    except ValueError as exc:
+        raise ValueError(f"Invalid {name}: {exc}") from None
+    return os.fspath(value).strip()
+
+
+def _simulated_profile():
+    return _check_profile(os.environ.get(SIMULATED_PROFILE_ENV), SIMULATED_PROFILE_ENV)
 
 
 def _simulated_loss(n):

@@ -3,6 +3,7 @@ NumPy, one worker thread each, so that everything above the devices runs on a CP
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -10,6 +11,7 @@ import weakref
 
 from .._utils import format_bytes
 from ..arrays import ArrayLibrary, get_array_library
+from . import simulated_clock as clocks
 from .base import thread_timer
 from .host import HostComputePlatform
 
@@ -56,9 +58,17 @@ _memory = _Memory()
 class SimulatedGPUPlatform(HostComputePlatform):
     """GPUs made on request (``DEVICEJOBLIB_SIMULATE_GPUS``), never discovered.
 
+    A GPU implementation written for CuPy (the default) gets strict arrays,
+    :class:`~devicejoblib.SimulatedDeviceArray`, which refuse what CuPy refuses, and
+    ``array_module()`` gives their module; with ``strict_arrays`` off (or for another
+    library) it gets NumPy arrays. Results kept on the device come back as
+    :class:`~devicejoblib.SimulatedDeviceArray`.
+
     A launch is timed by the worker thread's CPU time (the other simulated GPUs' turns at
-    the GIL do not count) plus the device's ``launch_latency``, which each launch sleeps.
-    Results kept on the device come back as :class:`~devicejoblib.SimulatedDeviceArray`.
+    the GIL do not count), plus the time it waited for the device's clock when the device
+    has a timing ``profile`` (each array operation then costs its thread the profile's
+    host time, holding the GIL, and the device its device time), plus the device's
+    ``launch_latency``, which each launch sleeps.
 
     Memory is accounted as on a GPU: a launch needs its array arguments and results on
     the device at once, next to the results kept there; past the device's
@@ -76,20 +86,42 @@ class SimulatedGPUPlatform(HostComputePlatform):
     simulated = True
 
     def probe(self, count=0, memory=0, latency=0.0, multiprocessors=None, lose_after=None,
-              **settings):
+              strict=True, profile="", **settings):
         lose_after = lose_after or {}
-        return [{"index": i, "name": "simulated GPU", "memory_total": memory,
+        name = f"simulated GPU ({profile} profile)" if profile else "simulated GPU"
+        return [{"index": i, "name": name, "memory_total": memory,
                  "memory_free": memory, "multiprocessor_count": multiprocessors,
-                 "launch_latency": latency, "lose_after": lose_after.get(i)}
+                 "launch_latency": latency, "lose_after": lose_after.get(i),
+                 "strict_arrays": strict, "profile": profile}
                 for i in range(count)], {}
 
     def bind(self, device):
         _launches.count = 0  # fault injection counts each worker thread's launches
-        return super().bind(device)
+        clocks.bind(device)
+        clock = clocks.clock_of(device)
+        return lambda: clocks.synchronize(clock)
+
+    @contextlib.contextmanager
+    def bound(self, device):
+        previous = clocks.bind(device)
+        try:
+            clock = clocks.clock_of(device)
+            yield lambda: clocks.synchronize(clock)
+        finally:
+            clocks.bind(previous)
+
+    def synchronize(self, device=None):
+        device = device or clocks.bound_device()
+        clocks.synchronize(None if device is None else clocks.clock_of(device))
 
     def start_timer(self, device):
-        elapsed, latency = thread_timer(), device.launch_latency
+        elapsed, latency = _working_timer(), device.launch_latency
         return lambda: elapsed() + latency
+
+    def start_cost_timer(self, device):
+        """The thread's CPU time and its waits for the device's clock with a profile
+        (as a real GPU's thread, whose waits spin); the wall clock without."""
+        return _working_timer() if device.profile else super().start_cost_timer(device)
 
     def simulate_launch(self, device, arguments=()):
         _launches.bytes = 0  # the launch's arrays on the device, results to come
@@ -126,12 +158,19 @@ class SimulatedGPUPlatform(HostComputePlatform):
 
     def to_host(self, result, device, keep_on_device=False):
         arrays = _arrays()
-        if not isinstance(result, arrays.np.ndarray):
+        if type(result) is arrays.SimulatedDeviceArray:
+            data = arrays.raw(result)
+            self._allocate(device, data.nbytes)
+            if not keep_on_device:
+                return result.get()
+        elif isinstance(result, arrays.np.ndarray):
+            data = result
+            self._allocate(device, data.nbytes)
+            if not keep_on_device:
+                return result
+        else:
             return result
-        self._allocate(device, result.nbytes)
-        if not keep_on_device:
-            return result.view(arrays.np.ndarray)
-        base = result
+        base = data
         while isinstance(base.base, arrays.np.ndarray):
             base = base.base
         _memory.keep(device.id, base)
@@ -140,13 +179,17 @@ class SimulatedGPUPlatform(HostComputePlatform):
     def library_for(self, device=None, name=None):
         if name is not None:
             get_array_library(name)  # an unknown name fails here as on a real GPU
-        return SIMULATED_ARRAYS
+        device = device or clocks.bound_device()
+        strict = device is None or device.strict_arrays
+        # strict arrays stand for CuPy's; other libraries' implementations get NumPy
+        return STRICT_ARRAYS if strict and name in (None, "cupy") else SIMULATED_ARRAYS
 
 
 class SimulatedArrays(ArrayLibrary):
-    """What every library's implementation gets on a simulated GPU: NumPy arrays, and
-    results kept on the device as :class:`~devicejoblib.SimulatedDeviceArray` (which
-    send later calls to that device, as a CuPy array would)."""
+    """What a GPU implementation gets on a simulated GPU without strict arrays (or
+    written for another library than CuPy): NumPy arrays; results kept on the device
+    come back as :class:`~devicejoblib.SimulatedDeviceArray` (which send later calls to
+    that device, as a CuPy array would)."""
 
     name = "simulated"
     serves = ("cuda",)
@@ -161,11 +204,44 @@ class SimulatedArrays(ArrayLibrary):
     def home_of(self, value):
         return value.device_id
 
+    def to_device(self, value):
+        return _arrays().raw(value)  # (a kept array's data, as NumPy)
+
     def to_host(self, value, keep_on_device=False):
         return value  # (the simulated platform's to_host accounts for its memory)
 
+    def synchronize(self):
+        device = clocks.bound_device()
+        clocks.synchronize(None if device is None else clocks.clock_of(device))
+
+
+class StrictSimulatedArrays(SimulatedArrays):
+    """What a GPU implementation written for CuPy gets on a simulated GPU: arrays that
+    refuse what CuPy refuses (:class:`~devicejoblib.SimulatedDeviceArray`), and a module
+    of NumPy's functions under CuPy's rules."""
+
+    name = "simulated-strict"
+
+    def module(self):
+        _arrays()
+        from .simulated_xp import SIMULATED_CUPY
+
+        return SIMULATED_CUPY
+
+    def to_device(self, value):
+        device = clocks.bound_device()
+        return _arrays().to_device(value, device) if device is not None else value
+
 
 SIMULATED_ARRAYS = SimulatedArrays()
+STRICT_ARRAYS = StrictSimulatedArrays()
+
+
+def _working_timer():
+    """A function giving the calling thread's CPU seconds and waits for simulated
+    devices since this call."""
+    cpu, waited = thread_timer(), clocks.waited()
+    return lambda: cpu() + clocks.waited() - waited
 
 
 @functools.cache
