@@ -30,10 +30,15 @@ def test_info_prints_versions_and_a_device_table():
 
 def test_info_shows_simulated_gpus():
     out = cli("info", env={"DEVICEJOBLIB_SIMULATE_GPUS": "2"}).stdout
-    rows = [line.split() for line in out.splitlines() if line.startswith("cuda:")]
-    assert [row[0] for row in rows] == ["cuda:0", "cuda:1"]
-    assert all(row[-1] == "yes" and "simulated" in row for row in rows)
-    assert "2 simulated GPU(s)" in out
+    rows = [line for line in out.splitlines() if line.startswith("cuda:")]
+    assert [row.split()[0] for row in rows] == ["cuda:0", "cuda:1"]
+    assert all(row.endswith("yes, no timing profile") and "simulated" in row for row in rows)
+    assert "2 simulated GPU(s)" in out and "no timing profile, strict arrays" in out
+    out = cli("info", env={"DEVICEJOBLIB_SIMULATE_GPUS": "1",
+                           "DEVICEJOBLIB_SIMULATED_PROFILE": "h200"}).stdout
+    row = next(line for line in out.splitlines() if line.startswith("cuda:0"))
+    assert "simulated GPU (h200 profile)" in row and "139.8 GiB" in row and " 132 " in row
+    assert row.endswith("yes, h200 profile")
 
 
 def test_info_without_gpu_says_so():

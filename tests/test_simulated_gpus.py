@@ -127,7 +127,7 @@ def write_profile(path, **values):
               "device_bytes_per_second": 1e9, "flops_per_second": 1e9,
               "host_to_device_bytes_per_second": 1e8,
               "device_to_host_bytes_per_second": 1e8, "transfer_seconds": 2e-3,
-              "memory_bytes": 2**30, **values}
+              "memory_bytes": 2**30, "multiprocessor_count": 4, **values}
     document = {"format": "devicejoblib simulated GPU profile", "version": 1,
                 "name": "slow", "gpu": "a test's",
                 "fields": {k: {"value": v, "source": "the test"} for k, v in fields.items()}}

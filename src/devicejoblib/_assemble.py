@@ -104,6 +104,8 @@ class GPUObserver:
                     else "rule"
                 if cost is not None:  # what of it the thread was working (its cost timer)
                     args["working_ms"] = round(cost * 1e3, 3)
+                if device.simulated:  # what the slice's time is modelled on
+                    args["timing"] = device.timing
                 trace.slice(str(device), name, time.perf_counter() - seconds, seconds,
                             placed=placed, **args)
             sample(router, router.sample_key(device, calls), n_calls, cost)

@@ -109,6 +109,7 @@ def run(args):
         "workload": workload.name, "size_means": workload.size_means, "calls": n_calls,
         "n_jobs": args.n_jobs, "devices": [d.to_dict() for d in machine],
         "simulated_gpus": simulation.n, "crossover": crossover(sized), "rows": sized,
+        "simulated_timing": next((d.timing for d in machine if d.simulated), None),
         "mixed": [r for r in rows if r["size"] == "mixed"],
     }
     print(format_table(results))
@@ -229,12 +230,18 @@ def format_table(results):
     """The results as the table ``devicejoblib bench`` prints."""
     gpus = [d for d in results["devices"] if d["is_gpu"]]
     names = ", ".join(d["id"] + (" (simulated)" if d["simulated"] else "") for d in gpus)
+    timing = results.get("simulated_timing") or "no timing profile"
     lines = [f"devicejoblib bench: {results['workload']}, size = {results['size_means']}; "
              f"{results['calls']} calls per point, n_jobs={results['n_jobs']}",
              f"GPUs: {names or 'none'}"]
     if results["simulated_gpus"]:
-        lines.append("NOTE: the GPUs are SIMULATED (host threads running NumPy): these "
-                     "figures show dispatch, not GPU speed.")
+        if timing == "no timing profile":
+            lines.append("NOTE: the GPUs are SIMULATED (host threads running NumPy), with no "
+                         "timing profile: these figures show dispatch, not GPU speed.")
+        else:
+            lines.append(f"NOTE: the GPUs are SIMULATED (host threads running NumPy), costed "
+                         f"by the {timing}: these figures model that GPU, they were not "
+                         "measured on it.")
     header = ("size", "placement", "calls/s", "ms/call", "vs cpu", "ran on")
     table = [header] + [
         (str(r["size"]), r["placement"], f"{r['calls_per_second']:.0f}",
@@ -269,8 +276,8 @@ def plot(results, path):
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for placement in dict.fromkeys(r["placement"] for r in results["rows"]):
         rows = [r for r in results["rows"] if r["placement"] == placement]
-        label = placement + (" (simulated GPUs)" if placement == "gpu"
-                             and results["simulated_gpus"] else "")
+        label = placement + (f" (simulated GPUs, {results.get('simulated_timing')})"
+                             if placement == "gpu" and results["simulated_gpus"] else "")
         ax.plot([r["size"] for r in rows], [r["calls_per_second"] for r in rows], "o-",
                 label=label)
     if results["crossover"] is not None:

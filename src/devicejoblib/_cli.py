@@ -124,7 +124,7 @@ def _row(device):
     return (device["id"], device["name"], format_bytes(device["memory_total"]),
             format_bytes(device["memory_free"]), device["multiprocessor_count"] or "-",
             device["cores"] or "-", ".".join(map(str, cc)) if cc else "-",
-            "yes" if device["simulated"] else "no")
+            f"yes, {device['timing']}" if device["simulated"] else "no")
 
 
 def _version_of(module):

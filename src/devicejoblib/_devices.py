@@ -119,7 +119,20 @@ class Device:
         return self.platform.simulated
 
     def __str__(self):
-        return self.id + (" (simulated)" if self.simulated else "")
+        if not self.simulated:
+            return self.id
+        if self.profile:
+            return f"{self.id} (simulated, {self.timing})"
+        return f"{self.id} (simulated)"
+
+    @property
+    def timing(self):
+        """What a simulated GPU's figures are modelled on: ``"h200 profile"``, or ``"no
+        timing profile"``; ``""`` for a real device."""
+        if not self.simulated:
+            return ""
+        return f"{self.platform.profile_name(self.profile)} profile" if self.profile \
+            else "no timing profile"
 
     def to_dict(self):
         """The device as a JSON-ready dict (its ``id``, ``kind``, ``is_gpu``,
@@ -127,7 +140,8 @@ class Device:
         back."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return {"id": self.id, "kind": self.kind, "is_gpu": self.is_gpu,
-                "simulated": self.simulated, **values, "platform": self.platform.name}
+                "simulated": self.simulated, "timing": self.timing, **values,
+                "platform": self.platform.name}
 
     @classmethod
     def from_dict(cls, data):

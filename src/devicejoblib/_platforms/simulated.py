@@ -88,12 +88,25 @@ class SimulatedGPUPlatform(HostComputePlatform):
     def probe(self, count=0, memory=0, latency=0.0, multiprocessors=None, lose_after=None,
               strict=True, profile="", **settings):
         lose_after = lose_after or {}
-        name = f"simulated GPU ({profile} profile)" if profile else "simulated GPU"
+        name = "simulated GPU"
+        if profile:
+            from .profiles import load_profile
+
+            loaded = load_profile(profile)
+            name = f"simulated GPU ({loaded.name} profile)"
+            multiprocessors = loaded.multiprocessor_count
         return [{"index": i, "name": name, "memory_total": memory,
                  "memory_free": memory, "multiprocessor_count": multiprocessors,
                  "launch_latency": latency, "lose_after": lose_after.get(i),
                  "strict_arrays": strict, "profile": profile}
                 for i in range(count)], {}
+
+    @staticmethod
+    def profile_name(profile):
+        """The name of the profile a device's ``profile`` setting names."""
+        from .profiles import load_profile
+
+        return load_profile(profile).name
 
     def bind(self, device):
         _launches.count = 0  # fault injection counts each worker thread's launches

@@ -169,6 +169,8 @@ class GPUPool(Executor):
                                   "seconds": worker.busy_seconds,
                                   "working_seconds": worker.working_seconds,
                                   **worker.sizer.describe()}
+                if worker.device.simulated:  # (what its figures are modelled on)
+                    out[device_id]["timing"] = f"simulated, {worker.device.timing}"
             if worker.lost is not None:
                 out.setdefault(device_id, {"calls": 0, "batches": 0, "seconds": 0.0})
                 out[device_id]["lost"] = str(worker.lost)

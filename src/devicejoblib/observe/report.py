@@ -35,8 +35,10 @@ def format_report(report, since=None):
             r = minus(r, since.get(device, {}))
             if not r["calls"] and "lost" not in r:
                 continue
+        timing = f" ({r['timing']})" if "timing" in r else ""
         lines.append(
-            f"{device}: {r['calls']} calls in {r['batches']} batches, {r['seconds']:.3f}s"
+            f"{device}{timing}: {r['calls']} calls in {r['batches']} batches, "
+            f"{r['seconds']:.3f}s"
             + (f", batch size {r['batch_size']} ({r['batch_policy']})"
                if "batch_size" in r else "") + _waited(r))
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FORMAT, VERSION = "devicejoblib simulated GPU profile", 1
+_COUNTS = ("memory_bytes", "multiprocessor_count")
 _HERE = Path(__file__).parent
 
 #: Each field of a profile and what it means (seconds, bytes, bytes or operations per
@@ -30,6 +31,7 @@ FIELDS = {
     "device_to_host_bytes_per_second": "copies of device arrays to the host",
     "transfer_seconds": "the fixed cost of one host-device copy",
     "memory_bytes": "the device's memory",
+    "multiprocessor_count": "streaming multiprocessors (where the launch sizer starts)",
 }
 
 
@@ -49,6 +51,7 @@ class Profile:
     device_to_host_bytes_per_second: float
     transfer_seconds: float
     memory_bytes: int
+    multiprocessor_count: int
     sources: tuple = ()  # ((field, source), ...)
 
     def to_json(self):
@@ -115,7 +118,7 @@ def parse_profile(document, where="the profile"):
                 or not math.isfinite(value) or value <= 0):
             raise ValueError(f"Invalid simulated GPU profile {where!r}: field {name} is "
                              f"{value!r}, expected a positive number ({FIELDS[name]})")
-        values[name] = int(value) if name == "memory_bytes" else float(value)
+        values[name] = int(value) if name in _COUNTS else float(value)
         sources.append((name, str(entry.get("source", ""))))
     return Profile(name=str(document.get("name") or Path(where).stem),
                    gpu=str(document.get("gpu", "")), made=str(document.get("made", "")),
