@@ -30,6 +30,8 @@ step() {  # $1: seconds allowed, $2: log name, then the command; skipped if name
 step 30 info bash -c 'nvidia-smi; python -c "import sys; print(sys.version)"; python -m devicejoblib info'
 step 180 pytest-gpu python -m pytest -m gpu -p no:cacheprovider -q --maxfail 20 --timeout 60
 gpu_tests=$?
+# this GPU's timing profile, for simulated GPUs (brought back in the logs' tarball)
+step 120 calibrate python -m devicejoblib calibrate --output "$logs/profile.json"
 for run in cold warm; do  # the main job, then small calls (the CPU's) to large (the GPU's)
     step 120 "bench-$run" python -m devicejoblib bench --repeat 3 --explain \
         --json "$logs/bench-$run.json"
@@ -47,6 +49,7 @@ step "${REST_LIMIT:-200}" pytest-rest python -m pytest -m "not gpu and not slow"
 {
     cat "$logs/steps.txt"
     echo "== devices"; sed -n '/^device /,/^$/p' "$logs/info.txt"
+    echo "== calibrate"; tail -n 12 "$logs/calibrate.txt"
     for name in pytest-gpu pytest-rest; do echo "== $name"; tail -n 25 "$logs/$name.txt"; done
     for run in cold warm; do
         for bench in bench bench-saxpy; do

@@ -237,3 +237,36 @@ def test_the_shipped_h200_profile_says_where_each_value_came_from():
     sources = dict(profile.sources)
     assert set(sources) == set(FIELDS) and all(len(s) > 20 for s in sources.values())
     assert 5e-6 <= profile.host_seconds_per_operation <= 12e-6
+
+
+def test_calibrate_gives_back_a_simulated_gpus_profile(tmp_path):
+    from devicejoblib._cli import main
+
+    slow = write_profile(tmp_path / "slow.json", host_seconds_per_operation=2e-4,
+                         kernel_seconds=2e-3, device_bytes_per_second=2e9,
+                         flops_per_second=5e9)
+    out = tmp_path / "measured.json"
+    assert main(["calibrate", "--simulated", slow, "--repeat", "3", "--size-mib", "2",
+                 "--name", "again", "--output", str(out)]) == 0
+    measured = load_profile(str(out))
+    assert measured.name == "again" and measured.memory_bytes == 2**30
+    assert measured.multiprocessor_count == 4
+    assert all(len(source) > 20 for _, source in measured.sources)
+    # the simulator holds each figure to its profile's: bounds that cannot flake
+    assert measured.host_seconds_per_operation >= 2e-4
+    assert measured.kernel_seconds >= 2e-3 * 0.9
+    assert measured.device_bytes_per_second <= 2e9 * 1.1
+    assert measured.flops_per_second <= 5e9 * 1.1
+    assert measured.transfer_seconds >= 2e-3
+    # and the wall clock gives back about as much as was put in
+    assert measured.device_bytes_per_second >= 2e9 / 3
+    assert measured.host_to_device_bytes_per_second == pytest.approx(1e8, rel=0.5)
+
+
+@pytest.mark.skipif(devicejoblib.is_available("cuda", simulated=False),
+                    reason="this machine has a GPU: calibrate would measure it")
+def test_calibrate_without_a_gpu_says_what_to_do(capsys):
+    from devicejoblib._cli import main
+
+    assert main(["calibrate"]) == 2
+    assert "Invalid --device=0: the GPUs of this machine are none" in capsys.readouterr().err

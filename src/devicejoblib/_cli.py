@@ -1,5 +1,5 @@
 """The ``devicejoblib`` command: ``devicejoblib info [--json]``, ``devicejoblib bench
-[...]`` and ``devicejoblib model show|reset|path``."""
+[...]``, ``devicejoblib calibrate [...]`` and ``devicejoblib model show|reset|path``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import warnings
 from importlib import metadata
 
-from . import _bench
+from . import _bench, _calibrate
 from ._devices import SIMULATE_GPUS_ENV, discover
 from ._utils import format_bytes
 from ._version import __version__
@@ -30,6 +30,10 @@ def main(argv=None):
     bench = commands.add_parser(
         "bench", help="time a reference workload on CPU and GPU workers over a range of sizes")
     _bench.add_arguments(bench)
+    calibrate = commands.add_parser(
+        "calibrate", help="measure this machine's GPU and write its timing profile, for "
+                          "simulated GPUs (DEVICEJOBLIB_SIMULATED_PROFILE)")
+    _calibrate.add_arguments(calibrate)
     model = commands.add_parser(
         "model", help="the learnt placement model: show it, reset it, or print its path")
     model.add_argument("action", choices=("show", "reset", "path"))
@@ -38,6 +42,9 @@ def main(argv=None):
     try:
         if args.command == "bench":
             _bench.run(args)
+            return 0
+        if args.command == "calibrate":
+            _calibrate.run(args)
             return 0
         if args.command == "model":
             print(model_command(args.action, args.json))

@@ -303,7 +303,6 @@ def _charge(device_id, started, inputs, result, flops=0):
     clock = clocks.device_for(device_id)
     if clock is None or clock.profile is None:
         return
-    nbytes = sum(getattr(v, "nbytes", 0) for v in inputs)
-    nbytes += sum(getattr(v, "nbytes", 0) for v in (result if isinstance(result, tuple)
-                                                     else (result,)))
+    outputs = result if isinstance(result, tuple) else (result,)
+    nbytes = sum(v.nbytes for v in (*inputs, *outputs) if isinstance(v, np.ndarray))
     clocks.charge_operation(clock, started, nbytes, flops)
