@@ -11,6 +11,8 @@ them through the small ``src/devicejoblib/kernels/__init__.py`` that points here
   form vectorises across calls.
 - :mod:`.bandit`: multi-armed bandit Monte-Carlo (UCB1, Thompson sampling).
 - :mod:`.mlp`: batched MLP inference with weights resident on each device.
+- :mod:`.classifier`: batch image classification with a PyTorch network resident on
+  each device (needs PyTorch when called).
 - :mod:`.numba_saxpy`: SAXPY as a Numba CUDA kernel.
 """
 
@@ -25,8 +27,9 @@ if __name__ != "devicejoblib.kernels":
         "separate state and kernels pickled under the wrong name."
     )
 
-from . import bandit, mlp, numba_saxpy
+from . import bandit, classifier, mlp, numba_saxpy
 from .elementwise import saxpy, sum_of_squares
 from .maps import logistic_map
 
-__all__ = ["bandit", "logistic_map", "mlp", "numba_saxpy", "saxpy", "sum_of_squares"]
+__all__ = ["bandit", "classifier", "logistic_map", "mlp", "numba_saxpy", "saxpy",
+           "sum_of_squares"]

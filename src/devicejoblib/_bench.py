@@ -43,6 +43,12 @@ def _mlp_calls(size, n):
             for _ in range(n)]
 
 
+def _classifier_calls(size, n):
+    from .kernels import classifier
+
+    return [(classifier.classify, (classifier.images(size, seed),)) for seed in range(n)]
+
+
 def _bandit_calls(size, n):
     from .kernels import bandit
 
@@ -70,6 +76,8 @@ WORKLOADS = {w.name: w for w in (
     Workload("bandit", "horizon (pulls per run)", (50, 200, 800), 100, _bandit_calls),
     Workload("saxpy", "elements per vector", (100, 1000, 10000, 100000), 300, _saxpy_calls),
     Workload("logistic", "map iterations per call", (10, 100, 1000), 500, _logistic_calls),
+    Workload("classifier", "images per batch (PyTorch)", (4, 32, 256), 100,
+             _classifier_calls),
 )}
 
 

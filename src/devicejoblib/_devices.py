@@ -126,6 +126,15 @@ class Device:
         return f"{self.id} (simulated)"
 
     @property
+    def torch(self):
+        """The ``torch.device`` of this device (imports torch): ``cuda:k`` for a CUDA
+        GPU, the CPU for the CPU and for a simulated GPU (whose tensors are CPU ones)."""
+        import torch
+
+        real_gpu = self.is_gpu and not self.simulated and self.platform.kind == "cuda"
+        return torch.device("cuda", self.index) if real_gpu else torch.device("cpu")
+
+    @property
     def timing(self):
         """What a simulated GPU's figures are modelled on: ``"h200 profile"``, or ``"no
         timing profile"``; ``""`` for a real device."""

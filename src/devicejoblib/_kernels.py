@@ -11,6 +11,7 @@ import threading
 from ._context import bound_device, current_device
 from ._errors import DeviceUnavailableError
 from ._platforms import GPU_IMPLEMENTATION, IMPLEMENTATIONS
+from ._setup_args import SetupArgs
 from ._specs import ANYWHERE, Placement
 from ._utils import check_callable, check_flag
 
@@ -73,6 +74,7 @@ class Kernel:
         self.placement = placement
         self._batched = batched or {}  # "cpu" / "cuda" -> BatchedForm
         self._setup = setup
+        self._setup_args = None  # a SetupArgs (setup_with), or None
         functools.update_wrapper(self, wraps or cpu or cuda)
 
     @property
@@ -150,6 +152,32 @@ class Kernel:
             form.set_stateful(True)
         return self
 
+    def setup_with(self, **setup_args):
+        """This kernel, its setup given ``setup_args`` as keyword arguments.
+
+        ``classify.setup_with(checkpoint="model.pt")``: the setup runs as
+        ``setup(device, checkpoint="model.pt")``, once per device, and its state is kept
+        per kernel and arguments (other arguments make other state). Arguments reach a
+        worker process once, in a file it reads when it first makes the state — a model
+        object given here is not sent with every call.
+
+        Raises
+        ------
+        TypeError
+            The kernel has no setup, or the setup does not take these arguments.
+        """
+        if self._setup is None:
+            raise TypeError(f"kernel {self.__name__!r} has no setup to give {sorted(setup_args)} "
+                            "to (register one with @kernel.setup)")
+        try:
+            inspect.signature(self._setup).bind(None, **setup_args)
+        except TypeError as exc:
+            raise TypeError(f"Invalid setup arguments {sorted(setup_args)} for the setup of "
+                            f"{self.__name__!r}: {exc}") from None
+        given = self._placed(self.placement)
+        given._setup_args = SetupArgs(setup_args)
+        return given
+
     def library_on(self, device):
         """The array library its implementation for ``device`` names (None: the
         device's default; the CPU implementation names none)."""
@@ -198,6 +226,7 @@ class Kernel:
         placed = Kernel(self._cpu, self._cuda, nogil=self.nogil, placement=device,
                         wraps=self.__wrapped__, batched=self._batched, setup=self._setup)
         placed._cuda_library = self._cuda_library
+        placed._setup_args = self._setup_args
         placed._base = self
         return placed
 
@@ -233,7 +262,7 @@ class Kernel:
     def __reduce__(self):
         base = getattr(self, "_base", None)
         if base is not None:
-            return _placed_kernel, (base, self.placement)
+            return _placed_kernel, (base, self.placement, self._setup_args)
         # By reference where a worker process can import it; a script's (__main__)
         # kernels travel by value, their functions pickled by loky's cloudpickle.
         if self.__module__ != "__main__":
@@ -250,7 +279,8 @@ class Kernel:
     @property
     def resident_key(self):
         """The name resident state is kept under (the same in every process)."""
-        return f"{self.__module__}.{self.__qualname__}"
+        name = f"{self.__module__}.{self.__qualname__}"
+        return name if self._setup_args is None else f"{name}[{self._setup_args.token}]"
 
 
 class BatchedForm:
@@ -294,7 +324,8 @@ def resident_state(kernel, device):
         with _resident_lock:
             state = _resident.get(key, _MISSING)
             if state is _MISSING:
-                state = _resident[key] = kernel._setup(device)
+                args = {} if kernel._setup_args is None else kernel._setup_args.kwargs
+                state = _resident[key] = kernel._setup(device, **args)
     return state
 
 
@@ -342,8 +373,10 @@ def _lookup(module, qualname):
     return target
 
 
-def _placed_kernel(base, placement):
-    return base._placed(placement)
+def _placed_kernel(base, placement, setup_args=None):
+    placed = base._placed(placement)
+    placed._setup_args = setup_args
+    return placed
 
 
 def _sequential_caller(frame):

@@ -32,9 +32,11 @@ class HostThreadLimits:
     def hold(self, n_threads):
         """Limit native pools to their share of the cores while ``n_threads`` compute."""
         with self._lock:
+            # (PyTorch's first: threadpoolctl's OpenMP limit would set what it reads)
+            torch_threads = limit_torch_threads(_share(n_threads))
             limiter = self._controller_now().limit(limits=_share(n_threads))
             if self._holders == 0:
-                self._original = limiter
+                self._original = limiter, torch_threads
             self._holders += 1
         try:
             yield
@@ -42,7 +44,10 @@ class HostThreadLimits:
             with self._lock:
                 self._holders -= 1
                 if self._holders == 0:
-                    self._original.restore_original_limits()
+                    limiter, torch_threads = self._original
+                    limiter.restore_original_limits()
+                    # (imported while held: PyTorch's default is a thread per core)
+                    limit_torch_threads(torch_threads or _cores())
                     self._original = None
 
     def limit_this_thread(self, n_threads):
@@ -61,6 +66,22 @@ class HostThreadLimits:
             controller = ThreadpoolController()
             self._controller = (len(sys.modules), controller)
         return controller
+
+
+def limit_torch_threads(n_threads, interop=False):
+    """Set PyTorch's intra-op pool of this process to ``n_threads`` (threadpoolctl does
+    not see it) — and its inter-op pool, with ``interop``, where it has not started yet
+    (PyTorch allows that once); the intra-op size before, or None without PyTorch."""
+    torch = sys.modules.get("torch")
+    if torch is None or getattr(getattr(torch, "__spec__", None), "_initializing", False):
+        return None  # (not imported, or being imported by another thread)
+    before = torch.get_num_threads()
+    if before != n_threads:
+        torch.set_num_threads(n_threads)
+    if interop and torch.get_num_interop_threads() != n_threads:
+        with contextlib.suppress(RuntimeError):  # started already: it stays as it is
+            torch.set_num_interop_threads(n_threads)
+    return before
 
 
 def _share(n_threads):
@@ -85,6 +106,11 @@ class HostComputePlatform(Platform):
 
     def thread_limits(self, n_threads):
         return HOST_THREADS.hold(n_threads)
+
+    @staticmethod
+    def cores():
+        """The CPUs this process may use."""
+        return _cores()
 
     def limit_thread(self, n_threads):
         HOST_THREADS.limit_this_thread(n_threads)

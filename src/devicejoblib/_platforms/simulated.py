@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import threading
 import time
 import weakref
 
 from .._utils import format_bytes
 from ..arrays import ArrayLibrary, get_array_library
+from ..arrays.torch_library import SIMULATED_HOME
 from . import simulated_clock as clocks
 from .base import thread_timer
 from .host import HostComputePlatform
@@ -170,6 +172,9 @@ class SimulatedGPUPlatform(HostComputePlatform):
         _launches.bytes = getattr(_launches, "bytes", 0) + nbytes
 
     def to_host(self, result, device, keep_on_device=False):
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(result, torch.Tensor):
+            return self._tensor_to_host(result.detach(), device, keep_on_device)
         arrays = _arrays()
         if type(result) is arrays.SimulatedDeviceArray:
             data = arrays.raw(result)
@@ -189,7 +194,18 @@ class SimulatedGPUPlatform(HostComputePlatform):
         _memory.keep(device.id, base)
         return arrays.SimulatedDeviceArray.kept(result, device.id)
 
+    def _tensor_to_host(self, tensor, device, keep_on_device):
+        """A torch implementation's result (a CPU tensor standing for a CUDA one): on
+        the host, or kept, marked as living on ``device`` (its data affinity)."""
+        self._allocate(device, tensor.nbytes)
+        if keep_on_device:
+            _memory.keep(device.id, tensor)
+            setattr(tensor, SIMULATED_HOME, device.id)
+        return tensor
+
     def library_for(self, device=None, name=None):
+        if name == "torch":
+            return SIMULATED_TORCH
         if name is not None:
             get_array_library(name)  # an unknown name fails here as on a real GPU
         device = device or clocks.bound_device()
@@ -246,8 +262,43 @@ class StrictSimulatedArrays(SimulatedArrays):
         return _arrays().to_device(value, device) if device is not None else value
 
 
+class SimulatedTorch(ArrayLibrary):
+    """What a torch implementation gets on a simulated GPU: CPU tensors standing for
+    CUDA ones (NumPy arrays become tensors); results kept on the device are marked with
+    it (data affinity), and come back detached."""
+
+    name = "simulated-torch"
+    serves = ("cuda",)
+
+    def module(self):
+        import torch
+
+        return torch
+
+    def to_device(self, value):
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            import torch
+
+            return torch.from_numpy(value.copy())  # (a copy, as a real GPU's)
+        return value
+
+    def stack(self, values):
+        import torch
+
+        return torch.stack([v if isinstance(v, torch.Tensor) else torch.as_tensor(v)
+                            for v in values])
+
+    def empty_like(self, array):
+        import torch
+
+        return torch.empty_like(array)
+
+
 SIMULATED_ARRAYS = SimulatedArrays()
 STRICT_ARRAYS = StrictSimulatedArrays()
+SIMULATED_TORCH = SimulatedTorch()
 
 
 def _working_timer():

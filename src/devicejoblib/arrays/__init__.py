@@ -15,6 +15,7 @@ from .base import REGISTERED, ArrayLibrary
 from .cupy_library import CuPyLibrary
 from .numba_library import NumbaLibrary
 from .numpy_library import NumPyLibrary
+from .torch_library import TorchLibrary
 
 _lock = threading.Lock()
 _changes = 0  # bumped where the device array types may have changed
@@ -119,6 +120,7 @@ def home_of(value):
 NUMPY = register_array_library(NumPyLibrary())
 register_array_library(CuPyLibrary())
 register_array_library(NumbaLibrary())
+register_array_library(TorchLibrary())
 
 __all__ = [
     "NUMPY",
@@ -126,6 +128,7 @@ __all__ = [
     "CuPyLibrary",
     "NumPyLibrary",
     "NumbaLibrary",
+    "TorchLibrary",
     "array_libraries",
     "array_types_changed",
     "device_array_types",

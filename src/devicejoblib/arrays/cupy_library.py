@@ -46,6 +46,8 @@ class CuPyLibrary(ArrayLibrary):
         cupy.cuda.Device(device.index).use()
         if stream is None:
             stream = cupy.cuda.Stream(non_blocking=True)
+        elif not isinstance(stream, cupy.cuda.Stream):  # another library's (torch's)
+            stream = cupy.cuda.ExternalStream(stream.cuda_stream, device.index)
         stream.use()
         return stream.synchronize, stream
 
@@ -77,6 +79,11 @@ class CuPyLibrary(ArrayLibrary):
             import cupy
 
             return cupy.asarray(value)
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(value, torch.Tensor) and value.is_cuda:
+            import cupy
+
+            return cupy.from_dlpack(value)  # a view of the tensor, no copy
         return value
 
     def to_host(self, value, keep_on_device=False):

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from .._joblib_adapters import FallbackToBackend
 from .._platforms import HOST
 from ..run.fusion import has_batched_form
-from ..run.tasks import FusedCPUBatch, TimedBatch
+from ..run.tasks import FusedCPUBatch, TimedBatch, TorchThreadsBatch
 from . import Executor, ExecutorStats
 
 
@@ -49,6 +49,7 @@ class CPUPool(Executor):
         self._lock = threading.Lock()
         self._stats = ExecutorStats()
         self._last_done = None  # when the last timed part was done
+        self._workers_are_processes = False
 
     def configure(self, n_workers, make_loky=None):
         """For the coming call: ``n_workers``, and ``make_loky()`` giving loky's
@@ -62,6 +63,9 @@ class CPUPool(Executor):
         started, n_calls, items = time.perf_counter(), len(batch), batch.items
         if has_batched_form(items, HOST.runs):
             batch = FusedCPUBatch(batch)
+        # PyTorch's pools at the worker's share (imported by the calls, maybe)
+        batch = TorchThreadsBatch(batch, max(HOST.cores() // self.n_workers, 1),
+                                  interop=self._workers_are_processes)
         if self._sampling is None or not self._sampling():
             future = submit(batch)
             future.add_done_callback(self._finisher(started, n_calls, whole, on_done))
@@ -79,11 +83,14 @@ class CPUPool(Executor):
             return self._workers[0]
 
     def _start(self):
+        self._workers_are_processes = False
         if self.processes and self.n_workers > 1 and self._make_loky is not None:
             try:
-                return self._make_loky()
+                workers = self._make_loky()
             except FallbackToBackend:  # e.g. below a thread or in a daemon process
                 return _threads(self.route, 1)
+            self._workers_are_processes = True
+            return workers
         return _threads(self.route, self.n_workers)
 
     # --- loky's and the threads' completion callbacks ---------------------------------

@@ -131,6 +131,8 @@ def plan(calls, runs, max_fused=None):
         if key is None:
             order.append((None, [position], None))
             continue
+        if form.stateful:  # (kernels given other setup arguments have other state)
+            key = (key, function.resident_key)
         if key not in groups or len(groups[key][1]) == max_fused:
             groups[key] = (form, [], [])
             order.append(groups[key])
@@ -240,7 +242,10 @@ def _run_fused(kernel, form, arguments, device, keep_on_device, ran):
         elapsed = platform.start_timer(device)
         platform.simulate_launch(device, stacked.values())
         out = form.function(*args, **bound.kwargs)
-        rows = _split(to_host(out, device, keep_on_device), len(arguments))
+        if keep_on_device:  # each row kept (marked with its device where a library must)
+            rows = [to_host(row, device, True) for row in _split(out, len(arguments))]
+        else:  # one copy to the host for the launch
+            rows = _split(to_host(out, device, keep_on_device), len(arguments))
         if keep_on_device:
             library.synchronize()  # time the launch, not its queueing
         moved = sum(getattr(v, "nbytes", 0) for v in (*stacked.values(), *_parts(out)))

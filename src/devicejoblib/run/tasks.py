@@ -78,6 +78,27 @@ class FusedCPUBatch:
         return results
 
 
+class TorchThreadsBatch:
+    """A batch run with PyTorch's pools at its worker's share of the cores: joblib
+    limits OpenMP and BLAS in worker processes, threadpoolctl in threads, and neither
+    PyTorch's own pools (inter-op too, in a process: once, before it starts)."""
+
+    def __init__(self, batch, n_threads, interop=True):
+        self.batch, self.n_threads, self.interop = batch, n_threads, interop
+
+    def __len__(self):
+        return len(self.batch)
+
+    def __call__(self):
+        from .._platforms.host import limit_torch_threads
+
+        limit_torch_threads(self.n_threads, interop=self.interop)
+        try:
+            return self.batch()
+        finally:  # (a batch that imported torch itself)
+            limit_torch_threads(self.n_threads, interop=self.interop)
+
+
 class TimedBatch:
     """A CPU batch that also says how long it ran in its worker: ``(results, seconds)``
     (what the cost model learns from, without the queueing before it)."""
