@@ -2,6 +2,7 @@
 and, given a real GPU's timing profile, cost what it costs: operations, copies and
 synchronisations charged to a device clock (asserted on counts and on that clock)."""
 
+import copy
 import json
 import sys
 import threading
@@ -66,7 +67,8 @@ def test_strict_arrays_refuse_what_cupy_refuses_and_say_how_to_fix_it(what):
     with simulate_gpus(2), pytest.raises(error, match=message) as raised:
         Parallel(n_jobs=2, backend=DeviceBackend(placement="gpu"))(
             delayed(function)(np.arange(3.0)) for _ in range(2))
-    assert "xp.asarray" in str(raised.value) or "strict=False" in str(raised.value)
+    assert any(fix in str(raised.value) for fix in ("xp.asarray", "xp.array(x)",
+                                                     "strict=False"))
 
 
 @pytest.mark.parametrize("what", [w for w in REFUSED if w != "arrays of two devices"])
@@ -228,7 +230,14 @@ def test_a_profile_sets_the_memory_and_its_errors_name_the_value(tmp_path):
         simulate_gpus(1, profile="h300")
     bad = tmp_path / "bad.json"
     write_profile(bad, kernel_seconds=-1)
-    with pytest.raises(ValueError, match="field kernel_seconds is -1, expected a positive"):
+    with pytest.raises(ValueError, match="field kernel_seconds is -1, expected seconds, "
+                       "above 0 and at most 1"):
+        simulate_gpus(1, profile=str(bad))
+    write_profile(bad, host_seconds_per_operation=8)  # (microseconds meant)
+    with pytest.raises(ValueError, match="host_seconds_per_operation is 8"):
+        simulate_gpus(1, profile=str(bad))
+    write_profile(bad, multiprocessor_count=0.5)
+    with pytest.raises(ValueError, match="a positive whole number"):
         simulate_gpus(1, profile=str(bad))
 
 
@@ -270,3 +279,47 @@ def test_calibrate_without_a_gpu_says_what_to_do(capsys):
 
     assert main(["calibrate"]) == 2
     assert "Invalid --device=0: the GPUs of this machine are none" in capsys.readouterr().err
+
+
+# --- CuPy idioms a new user reaches for (found by trying them) --------------------------
+
+@kernel
+def idioms(x, other):
+    return None
+
+
+@idioms.cuda
+def _(x, other):
+    xp = array_module()
+    moved = xp.array(other)  # another device's array, copied here, as CuPy does
+    state = [xp.random.seed(5), xp.random.standard_normal(3, dtype=xp.float32)]
+    shallow = copy.copy(x)
+    shallow[0] = 99.0
+    contiguous = xp.ascontiguousarray(xp.stack([x, x]).T)
+    with xp.cuda.Device(x.device.id):
+        xp.cuda.Stream.null.synchronize()
+    xp.get_default_memory_pool().free_all_blocks()
+    out = xp.empty_like(x)
+    return {"moved": (moved.device.id, float(moved.sum())),
+            "random": (str(state[1].dtype), state[1].get().tolist()),
+            "copy": float(x[0]), "contiguous": bool(contiguous.flags.c_contiguous),
+            "reduce": float(xp.add.reduce(x)), "outer": xp.multiply.outer(x, x).shape,
+            "out": xp.exp(x, out=out) is out, "host": xp.cumsum(x).get()}
+
+
+def test_the_cupy_idioms_of_a_gpu_implementation_work_as_on_cupy():
+    with simulate_gpus(2):
+        other = Parallel(n_jobs=2, backend=DeviceBackend(placement="cuda:1",
+                                                          keep_on_device=True))(
+            [delayed(on_device)(np.zeros(3))])[0]
+        runs = [Parallel(n_jobs=2, backend=DeviceBackend(placement="cuda:0",
+                                                          keep_on_device=True))(
+            [delayed(idioms)(np.arange(3.0), other)])[0] for _ in range(2)]
+    first = runs[0]
+    assert first["moved"] == (0, pytest.approx(3 * np.e))
+    assert first["random"][0] == "float32" and runs[1]["random"] == first["random"]
+    assert first["copy"] == 0.0  # copy.copy copied
+    assert first["contiguous"] and first["reduce"] == 3.0 and first["outer"] == (3, 3)
+    assert first["out"] is True
+    # a NumPy array the implementation made on purpose comes back as it is, kept or not
+    assert type(first["host"]) is np.ndarray and first["host"].tolist() == [0.0, 1.0, 3.0]

@@ -428,8 +428,8 @@ def _simulated_memory(profile=""):
 def _check_strict(value, name):
     words = {"1": True, "true": True, "on": True, "yes": True,
              "0": False, "false": False, "off": False, "no": False}
-    if isinstance(value, bool):
-        return value
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
     if isinstance(value, str) and value.strip().lower() in words:
         return words[value.strip().lower()]
     raise ValueError(f"Invalid {name}={value!r}: expected True or False (in the "

@@ -182,6 +182,8 @@ class SimulatedGPUPlatform(HostComputePlatform):
             if not keep_on_device:
                 return result.get()
         elif isinstance(result, arrays.np.ndarray):
+            if device.strict_arrays:
+                return result  # a NumPy array is the host's here (the call got it there)
             data = result
             self._allocate(device, data.nbytes)
             if not keep_on_device:

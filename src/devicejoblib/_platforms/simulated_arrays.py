@@ -70,15 +70,28 @@ class SimulatedDeviceArray(NDArrayOperatorsMixin):
     def __init__(self, data, device_id):
         self._data = data
         self.device_id = device_id
+        if not kept_any:  # one exists now: routing looks at arguments from here on
+            _first_made()
 
     @classmethod
     def kept(cls, array, device_id):
         """``array`` (NumPy, or one of these) kept on the simulated GPU ``device_id``."""
-        global kept_any
-        if not kept_any:
-            kept_any = True
-            array_types_changed()
         return array if isinstance(array, cls) else cls(array, device_id)
+
+    def copy(self, order="C"):
+        """A copy on the device this thread is bound to (CuPy copies across devices)."""
+        bound = clocks.bound_device()
+        device_id = self.device_id if bound is None else bound.id
+        started = time.perf_counter()
+        data = self._data.copy(order=order)
+        _charge(device_id, started, (self._data,), data)
+        return SimulatedDeviceArray(data, device_id)
+
+    def __copy__(self):
+        return self.copy()
+
+    def __deepcopy__(self, memo):
+        return self.copy()
 
     # --- what CuPy gives -------------------------------------------------------------
 
@@ -88,12 +101,13 @@ class SimulatedDeviceArray(NDArrayOperatorsMixin):
 
     def get(self, stream=None, out=None, order="C", blocking=True):
         """A NumPy copy of the array (waits for the device's queued work)."""
-        clocks.charge_transfer(clocks.device_for(self.device_id), self._data.nbytes,
-                               to_device=False)
+        started = time.perf_counter()
+        host = self._data.copy(order=order) if out is None else out
         if out is not None:
             out[...] = self._data
-            return out
-        return np.array(self._data, order=order)
+        clocks.charge_transfer(clocks.device_for(self.device_id), self._data.nbytes, False,
+                               started)
+        return host
 
     def set(self, array, stream=None):
         """Copy the host array ``array`` into this one."""
@@ -220,12 +234,20 @@ class SimulatedDeviceArray(NDArrayOperatorsMixin):
         return SimulatedDeviceArray, (self._data, self.device_id)
 
 
+def _first_made():
+    global kept_any
+    kept_any = True
+    array_types_changed()
+
+
 def to_device(value, device):
     """``value`` as a strict array on simulated ``device``: a NumPy array copied there
     (charged as a host-to-device copy); anything else as it is."""
     if isinstance(value, np.ndarray):
-        clocks.charge_transfer(clocks.clock_of(device), value.nbytes, to_device=True)
-        return SimulatedDeviceArray(value.copy(), device.id)
+        started = time.perf_counter()
+        data = value.copy()
+        clocks.charge_transfer(clocks.clock_of(device), value.nbytes, True, started)
+        return SimulatedDeviceArray(data, device.id)
     return value
 
 
@@ -271,17 +293,18 @@ def _common_device(values, what):
         if found is None:
             found = value.device_id
         elif value.device_id != found:
-            raise ValueError(f"{what} got arrays of {found} and {value.device_id}: CuPy "
-                             "refuses arrays of two devices in one operation (copy one "
-                             "with xp.asarray on the other's device)")
+            raise ValueError(f"{what} got arrays of {found} and {value.device_id}: a "
+                             "simulated GPU refuses arrays of two devices in one operation "
+                             "(CuPy does without peer access between the GPUs): copy one "
+                             "to the other's device with xp.array(x) or x.copy() there")
     bound = clocks.bound_device()
     if found is None:
         return "cuda:0" if bound is None else bound.id
     if bound is not None and bound.id != found:
         raise ValueError(f"Array device must be same as the current device: {what} runs "
-                         f"on {bound.id} with an array of {found} (as on a real GPU: copy "
-                         "it with xp.asarray, or let data affinity send the call to "
-                         f"{found})")
+                         f"on {bound.id} with an array of {found} (as on a real GPU without "
+                         "peer access: copy it here with xp.array(x) or x.copy(), or let "
+                         f"data affinity send the call to {found})")
     return found
 
 

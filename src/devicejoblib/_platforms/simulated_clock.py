@@ -80,32 +80,36 @@ def charge_operation(clock, started, nbytes=0, flops=0):
     """An array operation begun at ``started`` (perf_counter) on the device of ``clock``,
     which touched ``nbytes`` of device memory and did ``flops``: its thread holds the GIL
     for the rest of the profile's host time per operation, and the device's clock runs
-    on by the operation's device time."""
+    on by the operation's device time from then (NumPy's time computing it counts
+    towards both: an operation costs the longer of NumPy's time and the profile's)."""
     profile = clock.profile if clock is not None else None
     if profile is None:
         return
-    _spin_until(started + profile.host_seconds_per_operation)
+    launched = started + profile.host_seconds_per_operation
+    _spin_until(launched)
     device_seconds = max(profile.kernel_seconds, nbytes / profile.device_bytes_per_second,
                          flops / profile.flops_per_second)
-    with clock.lock:
-        clock.ends = max(clock.ends, time.perf_counter()) + device_seconds
+    with clock.lock:  # (NumPy's time beyond the host's share stood for the device's)
+        clock.ends = max(clock.ends, launched) + device_seconds
         clock.operations += 1
         clock.device_seconds += device_seconds
 
 
-def charge_transfer(clock, nbytes, to_device):
-    """A host-device copy of ``nbytes``: ordered after the device's queued work, and
-    waited for (pageable host memory: the host takes part in the copy)."""
+def charge_transfer(clock, nbytes, to_device, started=None):
+    """A host-device copy of ``nbytes`` begun at ``started`` (NumPy's copy made since
+    counts towards it): ordered after the device's queued work, and waited for
+    (pageable host memory: the host takes part in the copy)."""
     profile = clock.profile if clock is not None else None
     if profile is None:
         return
     rate = (profile.host_to_device_bytes_per_second if to_device
             else profile.device_to_host_bytes_per_second)
-    started = time.perf_counter()
-    _spin_until(started + profile.host_seconds_per_operation)
+    started = time.perf_counter() if started is None else started
+    launched = started + profile.host_seconds_per_operation
+    _spin_until(launched)
     seconds = profile.transfer_seconds + nbytes / rate
     with clock.lock:
-        clock.ends = max(clock.ends, time.perf_counter()) + seconds
+        clock.ends = max(clock.ends, launched) + seconds
         clock.transfers += 1
         clock.transferred_bytes += nbytes
         clock.device_seconds += seconds

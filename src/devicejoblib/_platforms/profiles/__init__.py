@@ -114,10 +114,16 @@ def parse_profile(document, where="the profile"):
     for name in FIELDS:
         entry = fields.get(name)
         value = entry.get("value") if isinstance(entry, dict) else None
+        seconds = name.endswith("seconds") or name.endswith("per_operation")
         if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not math.isfinite(value) or value <= 0):
+                or not math.isfinite(value) or value <= 0
+                or (seconds and value > 1.0)
+                or (name in _COUNTS and value != int(value))):
+            allowed = ("seconds, above 0 and at most 1" if seconds
+                       else "a positive whole number" if name in _COUNTS
+                       else "a positive number")
             raise ValueError(f"Invalid simulated GPU profile {where!r}: field {name} is "
-                             f"{value!r}, expected a positive number ({FIELDS[name]})")
+                             f"{value!r}, expected {allowed} ({FIELDS[name]})")
         values[name] = int(value) if name in _COUNTS else float(value)
         sources.append((name, str(entry.get("source", ""))))
     return Profile(name=str(document.get("name") or Path(where).stem),
