@@ -14,6 +14,8 @@ RUNS = {
     "multi_gpu_inference.py": (["--batches", "20", "--rows", "8"],
                                "weights made per device: {'cuda:0': 1, 'cuda:1': 1}"),
     "compare_cpu_gpu.py": (["--calls", "6"], "speed-up"),
+    "torch_inference.py": (["--batches", "12", "--images", "4"],
+                           "networks built per device: {'cuda:0': 1, 'cuda:1': 1}"),
 }
 
 # Runs an example as its own __main__, then prints, as the last line of its output, what
@@ -48,6 +50,8 @@ def examples_folder():
 @pytest.mark.parametrize("script", sorted(RUNS))
 def test_example_runs(script, tmp_path):
     args, expected = RUNS[script]
+    if script.startswith("torch"):
+        pytest.importorskip("torch")
     proc = subprocess.run([sys.executable, "-c", RUNNER, str(examples_folder() / script),
                            *args], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "DEVICEJOBLIB_SIMULATE_GPUS": "2",

@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 
 from device_kernels import cpu_only, gpu_only, plain_where, scale
-from devicejoblib import DeviceUnavailableError
+from devicejoblib import DeviceUnavailableError, SimulatedDeviceArray
 from devicejoblib.policy.routing import CPU_PROCESSES, CPU_THREADS, Router
 from devicejoblib.run.fusion import to_host
 
 
 def on_device(device, array):
-    return to_host(array, device, keep_on_device=True)
+    """``array`` kept on ``device``, as a GPU implementation's result is."""
+    return to_host(SimulatedDeviceArray(array, device.id), device, keep_on_device=True)
 
 
 def route(router, function, *args, load=None, **kwargs):
