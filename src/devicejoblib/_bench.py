@@ -44,6 +44,11 @@ def _mlp_calls(size, n):
 
 
 def _classifier_calls(size, n):
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise ValueError("Invalid --workload classifier: it needs PyTorch, which is not "
+                         "installed (pip install 'devicejoblib[torch]')")
     from .kernels import classifier
 
     return [(classifier.classify, (classifier.images(size, seed),)) for seed in range(n)]

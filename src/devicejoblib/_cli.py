@@ -16,7 +16,7 @@ from ._devices import SIMULATE_GPUS_ENV, discover
 from ._utils import format_bytes
 from ._version import __version__
 
-_PACKAGES = ("joblib", "numpy", "numba", "cupy")
+_PACKAGES = ("joblib", "numpy", "numba", "cupy", "torch")
 _COLUMNS = ("device", "name", "memory", "free", "SMs", "cores", "CC", "simulated")
 
 
