@@ -27,6 +27,7 @@ from conftest import saved_samples
 from device_kernels import locate, modelled, script_gpu_costs, set_up_per_thread
 from devicejoblib import DeviceBackend, Parallel, delayed, parallel_config, simulate_gpus
 from devicejoblib._cli import main as cli
+from devicejoblib.policy.placement import KEEP
 
 pytestmark = pytest.mark.skipif(not devicejoblib.USE_JOBLIB, reason="needs joblib")
 
@@ -68,7 +69,12 @@ def test_auto_sends_small_calls_to_the_cpu_and_large_ones_to_gpus(two_gpus):
     assert first[(SMALL, "cuda")] > 0 and first[(LARGE, "cpu")] > 0  # calibration
     calibrate(backend)
     explored = calibrating(backend)
-    assert run_round(backend) == {(SMALL, "cpu"): 40, (LARGE, "cuda"): 40}
+    placed = run_round(backend)
+    # each size where it is fastest, but a device passed over gets one call in
+    # REMEASURE_EVERY (of its kernel and size) to measure it again: each GPU a small
+    # call at most in a round of 40, the CPU a large one
+    assert placed[(SMALL, "cpu")] >= 38 and placed[(SMALL, "cuda")] <= 2, placed
+    assert placed[(LARGE, "cuda")] >= 39 and placed[(LARGE, "cpu")] <= 1, placed
     assert calibrating(backend) == explored  # calibrated: no more calls sent to measure
 
 
@@ -431,3 +437,42 @@ def test_n_jobs_1_places_auto_kernels_by_the_model_in_the_caller(two_gpus):
     assert [(n, device.split(":")[0]) for n, device in out] == [
         (SMALL, "cpu"), (LARGE, "cuda")] * 3
     assert max(backend.router.placer.pending.values()) < 1e-9
+
+
+def test_a_device_ruled_out_by_its_samples_is_measured_again_now_and_then(two_gpus):
+    from devicejoblib.policy.placement import (
+        REMEASURE_EVERY,
+        REMEASURING,
+        AutoPlacer,
+        CostModel,
+        device_model,
+        footprint,
+        kernel_key,
+    )
+
+    cpu, gpu = two_gpus[0], two_gpus[1]
+    model = CostModel()
+    kernel, bucket = kernel_key(modelled), footprint((100,), {})
+    for _ in range(8):  # calibrated: the GPU fast, the CPU slow by its first samples
+        model.record(kernel, device_model(gpu), bucket, 1e-3)
+        model.record(kernel, device_model(cpu), bucket, 1.0)
+    placer = AutoPlacer(model, slots=lambda device: 1)
+
+    def place(n_batches):
+        sent = collections.Counter()
+        for _ in range(n_batches):  # a call a batch, each done before the next
+            chosen, ledger = placer.place([(modelled, (100,), {})], lambda k: (cpu, gpu))
+            for positions, device, _ in chosen:
+                sent[device.id] += len(positions)
+            for (device_id, *_), entry in ledger.items():
+                placer.settle(device_id, entry)
+        return sent
+
+    sent = place(10 * REMEASURE_EVERY)
+    # measured again once in every REMEASURE_EVERY calls: a bounded share, never zero
+    assert sent["cpu"] == 10 - 1 or sent["cpu"] == 10, sent
+    assert placer.decisions[(kernel, bucket, "cpu", REMEASURING)] == sent["cpu"]
+    # what those calls measure moves the verdict: the CPU is fast now
+    for _ in range(KEEP // 2 + 1):
+        model.record(kernel, device_model(cpu), bucket, 1e-4)
+    assert place(100)["cpu"] >= 50

@@ -38,10 +38,15 @@ KEEP = 32
 SPLIT_ABOVE = 0.2
 #: Footprint buckets per doubling of a call's size.
 BUCKETS_PER_OCTAVE = 2
+#: A device the model sent none of a kernel's calls (of one footprint) for this many of
+#: them gets one, to measure it again: a verdict is revisited, at a bounded cost (at most
+#: one call in this many per device), so one bad early sample cannot rule it out for good.
+REMEASURE_EVERY = 64
 
 #: Why a call went where it did, as ``explain()`` shows it.
 FASTEST, CALIBRATING, ONLY_ONE = "expected to finish first", "calibrating", "only choice"
 ONLY_MEASURED = "the only one measured yet"
+REMEASURING = f"measured again (no call in {REMEASURE_EVERY})"
 
 
 def footprint(args, kwargs):
@@ -197,6 +202,8 @@ class AutoPlacer:
         self.pending = collections.defaultdict(float)  # device id -> predicted seconds
         self._exploring = set()  # (kernel, bucket, device id) measured by a part in flight
         self.decisions = collections.Counter()  # (kernel, bucket, device id, why) -> calls
+        self._placed = collections.Counter()  # (kernel, bucket) -> calls placed
+        self._last = {}  # (kernel, bucket, device id) -> _placed's count at its last call
 
     def place(self, items, candidates_of):
         """Devices for the calls ``items`` (``(kernel, args, kwargs)``, all auto):
@@ -227,6 +234,16 @@ class AutoPlacer:
                 why = ONLY_ONE if len(candidates) == 1 else \
                     ONLY_MEASURED if len(known) == 1 else FASTEST
                 candidates = known
+                stale = self._stale(kernel, bucket, candidates)
+                if stale is not None:  # one call measures it again
+                    self._exploring.add((kernel, bucket, stale.id))
+                    self._note(kernel, bucket, stale, 1)
+                    ledger[(stale.id, kernel, bucket)] = (0.0, ((kernel, bucket, stale.id),))
+                    self.decisions[(kernel, bucket, stale.id, REMEASURING)] += 1
+                    chosen.append((positions[:1], stale, (kernel, bucket)))
+                    positions = positions[1:]
+                    if not positions:
+                        continue
                 # A group of little work stays whole: one part, run by one worker (split,
                 # each part would pay a dispatch and fuse less; batches in flight spread
                 # over the devices). A group of much work is spread call by call.
@@ -238,6 +255,7 @@ class AutoPlacer:
                 else:
                     chunks = self._spread(positions, candidates, per_call)
                 for device, chunk in chunks:
+                    self._note(kernel, bucket, device, len(chunk))
                     seconds = len(chunk) * per_call[device.id]
                     self.pending[device.id] += seconds
                     spent, marks = ledger.get((device.id, kernel, bucket), (0.0, ()))
@@ -274,6 +292,24 @@ class AutoPlacer:
         with self._lock:
             self.pending[device_id] = max(self.pending[device_id] - seconds, 0.0)
             self._exploring.difference_update(marks)
+
+    def _note(self, kernel, bucket, device, n_calls):
+        """``n_calls`` of the kernel and footprint placed, on ``device``."""
+        placed = self._placed[(kernel, bucket)] = self._placed[(kernel, bucket)] + n_calls
+        self._last[(kernel, bucket, device.id)] = placed
+
+    def _stale(self, kernel, bucket, candidates):
+        """A measured device that got none of the last :data:`REMEASURE_EVERY` calls of
+        the kernel and footprint (and has no measuring part in flight), or None."""
+        if len(candidates) < 2:
+            return None
+        placed = self._placed[(kernel, bucket)]
+        for device in candidates:
+            last = self._last.setdefault((kernel, bucket, device.id), placed)
+            if (placed - last >= REMEASURE_EVERY
+                    and (kernel, bucket, device.id) not in self._exploring):
+                return device
+        return None
 
     def _to_explore(self, kernel, bucket, candidates):
         """An uncalibrated device with no measuring part in flight, or None."""
