@@ -403,7 +403,10 @@ def test_arguments_of_unknown_size_neither_fail_auto_nor_hang_the_trace(two_gpus
 
 def test_an_unwritable_trace_is_a_warning_and_the_results_arrive(two_gpus, tmp_path,
                                                                fresh_warnings):
-    backend = DeviceBackend(trace=str(tmp_path), cpu_backend="threading")  # a folder
+    (tmp_path / "sub").mkdir()
+    backend = DeviceBackend(trace=str(tmp_path / "sub" / "run.json"), cpu_backend="threading")
+    (tmp_path / "sub").rmdir()
+    (tmp_path / "sub").write_text("")  # the trace's folder is a file by the time it writes
     with pytest.warns(RuntimeWarning, match="the trace could not be written"):
         out = Parallel(n_jobs=2, backend=backend)(delayed(locate)(i) for i in range(4))
     assert [tag for tag, *_ in out] == list(range(4))

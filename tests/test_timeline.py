@@ -60,6 +60,10 @@ def test_the_progress_bar_counts_calls_per_device(two_gpus, capsys):
 
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"trace": 5}, TypeError, r"Invalid trace=5: expected a file path or None"),
+    ({"trace": ""}, ValueError, r"Invalid trace='': expected a file path"),
+    ({"trace": "/"}, ValueError, r"Invalid trace='/': a folder"),
+    ({"trace": "/nonexistent-dir/run.json"}, ValueError,
+     r"Invalid trace='/nonexistent-dir/run.json': its folder '/nonexistent-dir' does not"),
     ({"progress": "yes"}, ValueError, r"Invalid progress='yes': expected True or False"),
 ])
 def test_bad_timeline_arguments_are_refused(kwargs, error, match):

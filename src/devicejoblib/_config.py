@@ -84,7 +84,20 @@ def _trace_path(trace):
         return None
     if not isinstance(trace, (str, os.PathLike)):
         raise TypeError(f"Invalid trace={trace!r}: expected a file path or None")
-    return Path(trace)
+    if not os.fspath(trace).strip():
+        raise ValueError(f"Invalid trace={trace!r}: expected a file path (or None: no "
+                         "trace)")
+    try:
+        path = Path(trace).expanduser()
+    except RuntimeError as exc:
+        raise ValueError(f"Invalid trace={trace!r}: {exc}") from None
+    if path.is_dir():
+        raise ValueError(f"Invalid trace={trace!r}: a folder; expected a file path in one, "
+                         f"such as {str(path / 'trace.json')!r}")
+    if not path.parent.is_dir():
+        raise ValueError(f"Invalid trace={trace!r}: its folder {str(path.parent)!r} does "
+                         "not exist")
+    return path
 
 
 def _cluster_values(client, devices, retries, wait, values):

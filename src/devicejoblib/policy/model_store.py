@@ -30,12 +30,19 @@ _lock = threading.Lock()
 
 
 def model_path():
-    """The model file's path, or None when ``DEVICEJOBLIB_MODEL_PATH=off``."""
+    """The model file's path, or None when ``DEVICEJOBLIB_MODEL_PATH=off`` — or when the
+    setting cannot be resolved (``~nouser/...``: a warning, never a lost result)."""
     raw = os.environ.get(MODEL_PATH_ENV)
     if raw is not None and raw.strip().lower() in ("off", "none", "0", "false"):
         return None
     if raw:
-        return Path(raw).expanduser()
+        try:
+            return Path(raw).expanduser()
+        except RuntimeError as exc:  # no such user's home
+            warn_once(f"{MODEL_PATH_ENV}={raw!r} cannot be resolved ({exc}): the placement "
+                      "model is not kept (set a path this user can write, or 'off')",
+                      RuntimeWarning, key=("model path", raw))
+            return None
     try:
         import platformdirs
     except ImportError:  # a dependency, but a bare image may lack it: the XDG default
@@ -107,8 +114,18 @@ def learnt_launch_size(device, kernels):
 
 def remember_launch_sizes(sizers):
     """Keep the launch sizes GPUs settled on (per kernel they fused), and save what this
-    process learnt; an unwritable model file is a warning. A size a cap of this process
-    held (its ``max_batch_size``, its memory) does not replace a larger one learnt."""
+    process learnt; an unwritable model file, or anything else going wrong, is a
+    warning (never a lost result). A size a cap of this process held (its
+    ``max_batch_size``, its memory) does not replace a larger one learnt."""
+    try:
+        _remember_launch_sizes(sizers)
+    except Exception as exc:
+        warn_once(f"the placement model could not be kept ({type(exc).__name__}: {exc}): "
+                  "the results are not affected", RuntimeWarning,
+                  key=("model kept", type(exc).__name__))
+
+
+def _remember_launch_sizes(sizers):
     settled = [s for s in sizers if s.settled and s.settled_for]
     if not settled and not _models:
         return  # nothing loaded, nothing learnt (and the path not even looked up)
@@ -196,7 +213,7 @@ def _read(path, quiet=False):
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # (deeply nested JSON too)
         why = f"unreadable ({type(exc).__name__}: {exc})"
     else:
         if isinstance(data, dict) and data.get("format") == FORMAT \
