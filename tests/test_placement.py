@@ -435,11 +435,18 @@ def test_model_reset_of_a_folder_is_a_clear_error(monkeypatch, tmp_path, capsys)
 def test_n_jobs_1_places_auto_kernels_by_the_model_in_the_caller(two_gpus):
     backend = DeviceBackend(placement="auto", cpu_backend="threading")
     calibrate(backend)
+    placer = backend.router.placer
+    before = placer.decisions_now()
     out = Parallel(n_jobs=1, backend=backend)(
         delayed(modelled)(n) for n in [SMALL, LARGE] * 3)
-    assert [(n, device.split(":")[0]) for n, device in out] == [
-        (SMALL, "cpu"), (LARGE, "cuda")] * 3
-    assert max(backend.router.placer.pending.values()) < 1e-9
+    placed = [(n, device.split(":")[0]) for n, device in out]
+    # each where it is expected to finish first, but for a call that measures a device
+    # passed over for REMEASURE_EVERY calls again
+    again = sum(n for (*_, why), n in (placer.decisions_now() - before).items()
+                if why.startswith("measured again"))
+    off = sum(got != want for got, want in zip(placed, [(SMALL, "cpu"), (LARGE, "cuda")] * 3))
+    assert off <= again, (placed, placer.decisions_now() - before)
+    assert max(placer.pending.values()) < 1e-9
 
 
 def test_a_device_ruled_out_by_its_samples_is_measured_again_now_and_then(two_gpus):
