@@ -144,10 +144,16 @@ def test_only_kernels_placed_auto_are_placed_by_the_model(two_gpus):
     calls = [delayed(modelled.on("auto"))(SMALL), delayed(locate)(0)] * 10
     for _ in range(10):  # until calibrated
         before = calibrating(backend)
+        placer = backend.router.placer
+        decided = placer.decisions_now() if placer is not None else collections.Counter()
         out = Parallel(n_jobs=2, backend=backend)(calls)
         if calibrating(backend) == before:
             break
-    assert {device.split(":")[0] for n, device in out[0::2]} == {"cpu"}, backend.explain()
+    # on the CPU, where they finish first — but for a call measuring a GPU again
+    again = sum(n for (*_, why), n in (backend.router.placer.decisions_now() - decided)
+                .items() if why.startswith("measured again"))
+    off = sum(device.split(":")[0] != "cpu" for _, device in out[0::2])
+    assert off <= again, backend.explain()
     assert {device.split(":")[0] for _, device, *_ in out[1::2]} == {"cuda"}  # capability
 
 
