@@ -32,9 +32,6 @@ from .._utils import array_nbytes, format_bytes
 CALIBRATION = 5
 #: Samples kept per history: the median of these is the prediction.
 KEEP = 32
-#: How far from a history's median a sample is an outlier, in median absolute
-#: deviations (of the history; at least 5 % of the median).
-OUTLIER_MADS = 5
 #: Seconds of predicted work above which a batch's calls of one kernel and footprint are
 #: spread over the devices call by call; below, they go to one device together (a part
 #: costs a dispatch: well under this).
@@ -83,44 +80,22 @@ def device_model(device):
 
 
 class History:
-    """The measured seconds per call of one (kernel, footprint, device model).
+    """The measured seconds per call of one (kernel, footprint, device model)."""
 
-    A sample far from the history — beyond :data:`OUTLIER_MADS` median absolute
-    deviations of its median — is kept, but counts as the start of a new regime only
-    when the next sample lies as far on the same side: the history then keeps those
-    two alone (a device that got faster or slower is believed after two samples; a
-    single outlier moves nothing).
-    """
-
-    __slots__ = ("_median", "_outside", "samples", "seen")
+    __slots__ = ("_median", "samples", "seen")
 
     def __init__(self, samples=(), seen=0):
         self.samples = list(samples)[-KEEP:]
         self.seen = max(seen, len(self.samples))
         self._median = None
-        self._outside = 0  # consecutive samples far from the history: +n above, -n below
 
     def add(self, seconds):
         self.seen += 1
         if self.seen == 1:
             return  # the first: compilation, caches, warm-up
-        side = self._side(seconds)
-        self._outside = self._outside + side if side and self._outside * side >= 0 else side
         self.samples.append(seconds)
-        if abs(self._outside) >= 2:  # two in a row, the same side: a new regime
-            del self.samples[:-2]
-            self._outside = 0
         del self.samples[:-KEEP]
         self._median = None
-
-    def _side(self, seconds):
-        """+1 / -1 where ``seconds`` lies far above / below the history, else 0."""
-        if len(self.samples) < CALIBRATION:
-            return 0
-        median = self.median
-        spread = statistics.median(abs(s - median) for s in self.samples)
-        limit = OUTLIER_MADS * max(spread, 0.05 * median)  # (identical samples: 5 %)
-        return 1 if seconds > median + limit else -1 if seconds < median - limit else 0
 
     @property
     def median(self):
