@@ -110,6 +110,18 @@ def test_bench_rejects_bad_options(option, value):
     assert proc.returncode == 2 and value in proc.stderr
 
 
+@pytest.mark.parametrize("option, value, why", [
+    ("--json", "/nonexistent-dir/bench.json", "its folder must exist"),
+    ("--plot", "bench.txt", "expected a file ending in .png"),
+    ("--json", "/", "expected a file ending in .json"),
+])
+def test_bench_refuses_an_output_it_could_not_write_before_running(option, value, why):
+    proc = cli("bench", "--workload", "saxpy", option, value, check=False,
+               env={"DEVICEJOBLIB_SIMULATE_GPUS": "2"})
+    assert proc.returncode == 2 and f"Invalid {option}={value!r}" in proc.stderr
+    assert why in proc.stderr and "calls/s" not in proc.stdout  # nothing was run
+
+
 def test_crossover_is_where_the_gpu_starts_to_stay_faster():
     from devicejoblib._bench import crossover
 

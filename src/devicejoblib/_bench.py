@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import platform
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ._devices import devices, simulate_gpus
 from ._version import __version__
@@ -86,6 +88,19 @@ WORKLOADS = {w.name: w for w in (
 )}
 
 
+def _check_output(path, option, suffixes):
+    """Refuse an output path the results could not be written to, naming it."""
+    if path is None:
+        return
+    target = Path(path).expanduser()
+    if target.suffix.lower() not in suffixes:
+        raise ValueError(f"Invalid {option}={path!r}: expected a file ending in "
+                         f"{' or '.join(suffixes)}")
+    if target.is_dir() or not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
+        raise ValueError(f"Invalid {option}={path!r}: not a file that can be written here "
+                         "(its folder must exist and be writable)")
+
+
 def add_arguments(parser):
     """The options of ``devicejoblib bench``."""
     parser.add_argument("--workload", choices=list(WORKLOADS), default=next(iter(WORKLOADS)))
@@ -106,6 +121,8 @@ def add_arguments(parser):
 
 def run(args):
     """Run the benchmark that ``args`` describe; print the table; return the results."""
+    _check_output(args.json, "--json", (".json",))  # before the run, not after it
+    _check_output(args.plot, "--plot", (".png",))
     workload = WORKLOADS[args.workload]
     sizes = args.sizes or workload.sizes
     n_calls = args.calls or workload.calls
