@@ -296,15 +296,18 @@ def _(x, other):
     shallow = copy.copy(x)
     shallow[0] = 99.0
     contiguous = xp.ascontiguousarray(xp.stack([x, x]).T)
-    with xp.cuda.Device(x.device.id):
+    with xp.cuda.Device(1):  # arrays made inside live on cuda:1, as with CuPy
+        elsewhere = xp.ones(2)
         xp.cuda.Stream.null.synchronize()
+    here = xp.ones(2)
     xp.get_default_memory_pool().free_all_blocks()
     out = xp.empty_like(x)
     return {"moved": (moved.device.id, float(moved.sum())),
             "random": (str(state[1].dtype), state[1].get().tolist()),
             "copy": float(x[0]), "contiguous": bool(contiguous.flags.c_contiguous),
             "reduce": float(xp.add.reduce(x)), "outer": xp.multiply.outer(x, x).shape,
-            "out": xp.exp(x, out=out) is out, "host": xp.cumsum(x).get()}
+            "out": xp.exp(x, out=out) is out, "host": xp.cumsum(x).get(),
+            "switched": (elsewhere.device.id, here.device.id)}
 
 
 def test_the_cupy_idioms_of_a_gpu_implementation_work_as_on_cupy():
@@ -320,6 +323,6 @@ def test_the_cupy_idioms_of_a_gpu_implementation_work_as_on_cupy():
     assert first["random"][0] == "float32" and runs[1]["random"] == first["random"]
     assert first["copy"] == 0.0  # copy.copy copied
     assert first["contiguous"] and first["reduce"] == 3.0 and first["outer"] == (3, 3)
-    assert first["out"] is True
+    assert first["out"] is True and first["switched"] == (1, 0)
     # a NumPy array the implementation made on purpose comes back as it is, kept or not
     assert type(first["host"]) is np.ndarray and first["host"].tolist() == [0.0, 1.0, 3.0]

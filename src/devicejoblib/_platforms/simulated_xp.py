@@ -125,21 +125,22 @@ class _SimulatedCUDA:
     """``xp.cuda``: what a simulated GPU can stand for of ``cupy.cuda``."""
 
     class Device(SimulatedCudaDevice):
-        """``cupy.cuda.Device``: a context manager for the device the thread is on."""
+        """``cupy.cuda.Device``: as a context, the thread's current device (arrays made
+        inside live there) until it exits, as CuPy's."""
 
-        __slots__ = ()
+        __slots__ = ("_previous",)
 
         def __enter__(self):
-            bound = clocks.bound_device()
-            if bound is not None and bound.index != self.id:
-                raise NotImplementedError(
-                    f"simulated GPUs do not switch a worker thread to another device "
-                    f"(cuda:{self.id} inside a call on {bound.id}): copy arrays with "
-                    "xp.array(x) instead")
+            target = clocks.device_for(f"cuda:{self.id}")
+            if target is None:  # (a simulated GPU gets its clock when a thread binds it)
+                raise ValueError(f"Invalid device cuda:{self.id}: not a simulated GPU of "
+                                 "this backend's (xp.cuda.Device takes the index of one "
+                                 "its calls run on)")
+            self._previous = clocks.bind(target.device)
             return self
 
         def __exit__(self, *exc_info):
-            return None
+            clocks.bind(self._previous)
 
     class Stream:
         """Streams are not simulated: a device's work is one queue."""
