@@ -126,8 +126,7 @@ class SimulatedGPUPlatform(HostComputePlatform):
             clocks.bind(previous)
 
     def synchronize(self, device=None):
-        device = device or clocks.bound_device()
-        clocks.synchronize(None if device is None else clocks.clock_of(device))
+        clocks.synchronize_device(device)
 
     def start_timer(self, device):
         elapsed, latency = _working_timer(), device.launch_latency
@@ -242,8 +241,7 @@ class SimulatedArrays(ArrayLibrary):
         return value  # (the simulated platform's to_host accounts for its memory)
 
     def synchronize(self):
-        device = clocks.bound_device()
-        clocks.synchronize(None if device is None else clocks.clock_of(device))
+        clocks.synchronize_device()
 
 
 class StrictSimulatedArrays(SimulatedArrays):

@@ -131,6 +131,14 @@ def synchronize(clock):
     _bound.waited = waited() + time.perf_counter() - started
 
 
+def synchronize_device(device=None):
+    """Wait for simulated ``device``'s queued work (default: the calling thread's
+    device; none bound, nothing to wait for)."""
+    device = device or bound_device()
+    if device is not None:
+        synchronize(clock_of(device))
+
+
 def _spin_until(deadline):
     """Busy the calling thread until ``deadline``, holding the GIL as CuPy's host-side
     work does (the interpreter may still switch threads every switch interval)."""

@@ -145,14 +145,9 @@ class _SimulatedCUDA:
     class Stream:
         """Streams are not simulated: a device's work is one queue."""
 
-        null = types.SimpleNamespace(synchronize=lambda: _synchronize_bound())
+        null = types.SimpleNamespace(synchronize=clocks.synchronize_device)
 
-    runtime = types.SimpleNamespace(deviceSynchronize=lambda: _synchronize_bound())
-
-
-def _synchronize_bound():
-    device = clocks.bound_device()
-    clocks.synchronize(None if device is None else clocks.clock_of(device))
+    runtime = types.SimpleNamespace(deviceSynchronize=clocks.synchronize_device)
 
 
 class _MemoryPool:
